@@ -1,0 +1,98 @@
+"""The updater contract, on JaxPruner's conventions.
+
+An algorithm is a ``dataclasses.dataclass`` updater used at three places of
+a training step::
+
+    tx = updater.wrap_optax(optax.adamw(...))     # state: SparseState, outermost
+    params_fwd = updater.pre_forward_update(params, opt_state)
+    grads = jax.grad(loss)(params_fwd)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = updater.post_gradient_update(optax.apply_updates(params, updates),
+                                          opt_state)
+
+Masks are params-shaped trees of ``uint8`` 0/1 with ``None`` for leaves that
+are never pruned. Every tree map over masks treats ``None`` as a leaf.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from demp_jax import topology as topo
+
+
+class SparseState(NamedTuple):
+  """JaxPruner's state layout: the outermost optimiser state."""
+  masks: Any
+  inner_state: Any = None
+  target_sparsities: Optional[Any] = None
+  count: Any = None
+
+
+@dataclasses.dataclass
+class BaseUpdater:
+  """Base updater: wraps an optimiser, keeps masks, applies them after each
+  step. Subclasses override :meth:`get_initial_masks` and
+  :meth:`wrap_inner` (extra transformations around the optimiser)."""
+
+  def get_initial_masks(self, params: Any) -> Any:
+    return jax.tree.map(lambda _: None, params)
+
+  def init_state(self, params: Any, inner_state: Any) -> SparseState:
+    return SparseState(masks=self.get_initial_masks(params),
+                       inner_state=inner_state, target_sparsities=None,
+                       count=jnp.zeros([], jnp.int32))
+
+  def wrap_inner(self, inner: optax.GradientTransformation
+                 ) -> optax.GradientTransformationExtraArgs:
+    return optax.with_extra_args_support(inner)
+
+  def inner_extra_args(self, state: SparseState, grads: Any) -> dict:
+    """Extra keyword arguments handed to the wrapped transformation."""
+    del state, grads
+    return {}
+
+  def wrap_optax(self, inner: optax.GradientTransformation
+                 ) -> optax.GradientTransformationExtraArgs:
+    tx = self.wrap_inner(inner)
+
+    def init_fn(params):
+      return self.init_state(params, tx.init(params))
+
+    def update_fn(updates, state, params=None, **extra):
+      del extra  # algorithm-specific extras are passed by inner_extra_args
+      new_updates, inner = tx.update(updates, state.inner_state, params,
+                                     **self.inner_extra_args(state, updates))
+      return new_updates, state._replace(
+          inner_state=inner, count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+  def apply_masks(self, params: Any, masks: Any) -> Any:
+    return topo.apply_masks(params, masks)
+
+  def pre_forward_update(self, params: Any, opt_state: SparseState) -> Any:
+    del opt_state
+    return params
+
+  def post_gradient_update(self, params: Any, opt_state: SparseState) -> Any:
+    return self.apply_masks(params, opt_state.masks)
+
+  def instant_sparsify(self, params: Any, grads: Any = None, **kwargs):
+    """One-shot: ``(masked params, masks)``."""
+    del grads, kwargs
+    masks = self.get_initial_masks(params)
+    return self.apply_masks(params, masks), masks
+
+
+@dataclasses.dataclass
+class NoPruning(BaseUpdater):
+  """The dense reference: no masks, no penalty, no noise, no surgery."""
+
+  def post_gradient_update(self, params: Any, opt_state: SparseState) -> Any:
+    del opt_state
+    return params

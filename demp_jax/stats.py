@@ -1,0 +1,115 @@
+"""Saturation statistics: one jitted pass that finds dead units.
+
+The model runs in eval mode (norm layers use their running statistics) over
+``N`` held batches stacked as ``[N, B, ...]``; a ``lax.scan`` accumulates,
+for every unit ``i`` of every group (activation ``a`` of shape
+``[B, ..., n]``, the leading axes being batch and spatial positions):
+
+* ``dead``: ``sum_{b,pos} |a_i| <= eps`` on *every* batch (logical AND). For
+  ReLU outputs ``|a| = a``, so with ``eps = 0`` this is the DemP criterion
+  "zero on every input and position"; ``|a|`` keeps the test meaningful for
+  activations with negative outputs (GELU, leaky ReLU).
+* ``apoz``: average percentage of zeros, the fraction of entries ``a_i = 0``.
+* ``mean_abs``: mean ``|a_i|`` over examples and positions.
+* ``dormancy``: the tau-dormant score ``mean_abs_i / mean_j mean_abs_j``
+  within the group (ReDo); a unit is tau-dormant if it is ``<= tau``.
+
+With batches sharded over devices (``NamedSharding``) the sums inside the
+jitted pass are global: XLA reduces them across devices and hosts before
+any decision is taken, so every process sees the same statistics.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class UnitStats(NamedTuple):
+  dead: jax.Array      # bool[n]
+  apoz: jax.Array      # float32[n] in [0, 1]
+  mean_abs: jax.Array  # float32[n]
+  dormancy: jax.Array  # float32[n]
+
+
+def sown_activations(model: nn.Module, variables: Mapping[str, Any],
+                     x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Eval-mode forward returning ``(logits, {group name: activation})``."""
+  variables = {k: v for k, v in variables.items() if k != 'activations'}
+  logits, state = model.apply(variables, x, train=False,
+                              mutable=['activations'])
+  flat = flax.traverse_util.flatten_dict(state.get('activations', {}), sep='/')
+  return logits, {k: v[-1] for k, v in flat.items()}
+
+
+def _stats(model: nn.Module, variables: Mapping[str, Any], batches: jax.Array,
+           epsilon: float) -> dict[str, UnitStats]:
+  _, probe = jax.eval_shape(lambda v, x: sown_activations(model, v, x),
+                            variables, batches[0])
+
+  def init(a):
+    n = a.shape[-1]
+    return (jnp.ones((n,), bool), jnp.zeros((n,), jnp.float32),
+            jnp.zeros((n,), jnp.float32))
+
+  def body(carry, x):
+    _, acts = sown_activations(model, variables, x)
+    new = {}
+    for name, (dead, zeros, abs_sum) in carry.items():
+      a = acts[name].astype(jnp.float32)
+      axes = tuple(range(a.ndim - 1))
+      s = jnp.sum(jnp.abs(a), axis=axes)
+      new[name] = (dead & (s <= epsilon),
+                   zeros + jnp.sum(a == 0, axis=axes).astype(jnp.float32),
+                   abs_sum + s)
+    return new, None
+
+  carry = {k: init(v) for k, v in probe.items()}
+  carry, _ = jax.lax.scan(body, carry, batches)
+  out = {}
+  for name, (dead, zeros, abs_sum) in carry.items():
+    shape = probe[name].shape
+    count = float(batches.shape[0] * math.prod(shape[:-1]))
+    mean_abs = abs_sum / count
+    out[name] = UnitStats(dead=dead, apoz=zeros / count, mean_abs=mean_abs,
+                          dormancy=mean_abs / (jnp.mean(mean_abs) + 1e-9))
+  return out
+
+
+saturation_stats = jax.jit(_stats, static_argnames=('model',))
+saturation_stats.__doc__ = """Per-unit statistics over stacked batches.
+
+Args:
+  model: a model that sows post-activation outputs into ``'activations'``.
+  variables: its variables (``params``, ``batch_stats``, ...).
+  batches: ``[N, B, ...]`` inputs, already preprocessed, not augmented.
+  epsilon: the death threshold on ``sum |a|`` per batch (0 by default).
+
+Returns:
+  ``{group name: UnitStats}``.
+"""
+
+
+def dead_fraction(stats: Mapping[str, UnitStats]) -> float:
+  dead = sum(int(jnp.sum(s.dead)) for s in stats.values())
+  total = sum(int(s.dead.shape[0]) for s in stats.values())
+  return dead / max(total, 1)
+
+
+def dynamic_dead_rate(model: nn.Module, variables: Mapping[str, Any],
+                      batches: jax.Array) -> jax.Array:
+  """Mean over examples of the fraction of (unit, position) outputs equal to
+  zero: the dynamic dead-neuron rate, from the same pass as the stats."""
+  stats = saturation_stats(model, variables, batches, 0.0)
+  _, probe = jax.eval_shape(lambda v, x: sown_activations(model, v, x),
+                            variables, batches[0])
+  zeros = total = 0.0
+  for name, s in stats.items():
+    per_unit = float(math.prod(probe[name].shape[1:-1]))
+    zeros = zeros + jnp.sum(s.apoz) * per_unit
+    total = total + s.apoz.shape[0] * per_unit
+  return zeros / total

@@ -1,0 +1,259 @@
+"""The unit topology: which array axes belong to each group of prunable units.
+
+A *unit* is one output neuron of a dense layer or one output channel of a
+convolution, seen after its activation. A *unit group* is the set of units
+that one activation site produces (one layer's outputs). For each group the
+topology lists every variable leaf that carries the group's unit axis:
+
+* ``produces``: leaves whose ``axis`` indexes the group's units on the output
+  side (producer kernel ``[..., n]``, bias ``[n]``, norm scale/offset
+  ``[n]``, norm running mean/var ``[n]``). Zeroing a unit's entries in the
+  *params* among them makes the unit output exactly ``act(0)``.
+* ``consumes``: leaves that read the group's units on ``axis`` (the next
+  kernel's input axis ``[..., n, m]``). When a conv output is flattened in
+  NHWC order before a dense layer, the consumer's input axis has length
+  ``tile * n`` and unit ``c`` owns the positions ``p * n + c`` for
+  ``p < tile`` (channel fastest), so ``tile`` = H*W at the flatten.
+
+Statistics, masks, noise, surgery and FLOP counts all read this one
+description, so a new architecture is supported by describing it once.
+
+Paths are tuples of dict keys inside one variable collection, e.g.
+``AxisRef('params', ('conv_0', 'kernel'), axis=-1)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Path = tuple[str, ...]
+LeafKey = tuple[str, Path]  # (collection, path)
+
+MASK_DTYPE = jnp.uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRef:
+  """One axis of one variable leaf that is indexed by a group's units.
+
+  Attributes:
+    collection: flax variable collection, e.g. ``'params'``, ``'batch_stats'``.
+    path: keys of the leaf inside the collection.
+    axis: the axis indexed by the units (negative values count from the end).
+    tile: for a consumer after an NHWC flatten, the number of spatial
+      positions; the axis then has length ``tile * n`` with the unit fastest.
+    kind: ``'axis'`` for an ordinary array axis; ``'index'`` for an integer
+      array whose *values* are unit indices of the group (a gather map such
+      as a residual shortcut selection), where ``-1`` means "no unit".
+  """
+  collection: str
+  path: Path
+  axis: int = -1
+  tile: int = 1
+  kind: str = 'axis'
+
+  @property
+  def key(self) -> LeafKey:
+    return (self.collection, self.path)
+
+  def __str__(self) -> str:
+    return f"{self.collection}/{'/'.join(self.path)}[axis {self.axis}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitGroup:
+  """A group of prunable units: one activation site.
+
+  Attributes:
+    name: the name under which the model sows the post-activation output
+      into the ``'activations'`` collection ('/'-joined module path).
+    size: number of units.
+    produces: leaves whose axis is this group's units, output side.
+    consumes: leaves that read this group's units, input side.
+  """
+  name: str
+  size: int
+  produces: tuple[AxisRef, ...]
+  consumes: tuple[AxisRef, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitTopology:
+  """All unit groups of a model, in the order of the model's ``widths``."""
+  groups: tuple[UnitGroup, ...]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(g.name for g in self.groups)
+
+  @property
+  def sizes(self) -> dict[str, int]:
+    return {g.name: g.size for g in self.groups}
+
+  def group(self, name: str) -> UnitGroup:
+    for g in self.groups:
+      if g.name == name:
+        return g
+    raise KeyError(f'unknown unit group {name!r}; groups: {self.names}')
+
+  def leaf_refs(self) -> dict[LeafKey, list[tuple[UnitGroup, AxisRef, str]]]:
+    """Maps every touched leaf to its (group, ref, role) entries.
+
+    ``role`` is ``'produces'`` or ``'consumes'``.
+    """
+    out: dict[LeafKey, list[tuple[UnitGroup, AxisRef, str]]] = {}
+    for g in self.groups:
+      for ref in g.produces:
+        out.setdefault(ref.key, []).append((g, ref, 'produces'))
+      for ref in g.consumes:
+        out.setdefault(ref.key, []).append((g, ref, 'consumes'))
+    return out
+
+  def validate(self, variables: Mapping[str, Any]) -> None:
+    """Raises ``ValueError`` naming the leaf if any reference is wrong."""
+    for g in self.groups:
+      for role, refs in (('produces', g.produces), ('consumes', g.consumes)):
+        for ref in refs:
+          leaf = get_leaf(variables, ref.key)
+          if leaf is None:
+            raise ValueError(
+                f'unit group {g.name!r} {role} {ref}, but the model variables '
+                f'have no leaf {ref.collection}/{"/".join(ref.path)}')
+          shape = np.shape(leaf)
+          if ref.kind == 'index':
+            if role == 'produces' and shape[ref.axis] != g.size:
+              raise ValueError(
+                  f'unit group {g.name!r}: index leaf {ref} has shape {shape}, '
+                  f'expected {g.size} entries')
+            continue
+          want = g.size * ref.tile
+          if shape[ref.axis] != want:
+            raise ValueError(
+                f'unit group {g.name!r} ({g.size} units, tile {ref.tile}) '
+                f'{role} {ref}, but that leaf has shape {shape}: axis '
+                f'{ref.axis} should have length {want}')
+
+
+# ---------------------------------------------------------------- tree access
+
+
+def key_path(path: Iterable[Any]) -> Path:
+  """Converts a ``jax.tree_util`` key path of dict keys into a tuple of str."""
+  out = []
+  for k in path:
+    out.append(str(getattr(k, 'key', getattr(k, 'name', k))))
+  return tuple(out)
+
+
+def get_leaf(variables: Mapping[str, Any], key: LeafKey) -> Any:
+  collection, path = key
+  node: Any = variables.get(collection)
+  for p in path:
+    if node is None or not isinstance(node, Mapping) or p not in node:
+      return None
+    node = node[p]
+  return node
+
+
+def unit_axis_mask(ref: AxisRef, unit_mask: np.ndarray | jax.Array,
+                   ndim: int) -> jax.Array:
+  """Broadcastable 0/1 array that zeroes the masked units on ``ref.axis``."""
+  m = jnp.asarray(unit_mask)
+  if ref.tile > 1:
+    m = jnp.tile(m, ref.tile)  # NHWC flatten: position p*n + c -> unit c
+  axis = ref.axis % ndim
+  shape = [1] * ndim
+  shape[axis] = m.shape[0]
+  return m.reshape(shape)
+
+
+def keep_index(ref: AxisRef, keep: np.ndarray, size: int) -> np.ndarray:
+  """Indices to take along ``ref.axis`` to keep units ``keep`` of ``size``."""
+  keep = np.asarray(keep, dtype=np.int64)
+  if ref.tile > 1:
+    return (np.arange(ref.tile)[:, None] * size + keep[None, :]).reshape(-1)
+  return keep
+
+
+def param_masks(topology: UnitTopology, params: Any,
+                alive: Mapping[str, Any] | None = None) -> Any:
+  """Params-shaped mask tree: uint8 0/1 on touched leaves, ``None`` elsewhere.
+
+  ``alive[name]`` is a 0/1 (or bool) vector over the group's units; a unit
+  that is not alive gets 0 on every params entry that produces it or reads
+  it. Leaves the topology never touches get ``None`` (JaxPruner's convention
+  for leaves never pruned). Works on any params tree, including optax's
+  parameter placeholders.
+  """
+  refs = {k[1]: v for k, v in topology.leaf_refs().items() if k[0] == 'params'}
+
+  def one(path, p):
+    entries = refs.get(key_path(path))
+    if not entries:
+      return None
+    m = jnp.ones(jnp.shape(p), MASK_DTYPE)
+    if alive is None:
+      return m
+    for group, ref, _ in entries:
+      if ref.kind != 'axis' or group.name not in alive:
+        continue
+      m = m * unit_axis_mask(ref, jnp.asarray(alive[group.name], MASK_DTYPE),
+                             m.ndim)
+    return m.astype(MASK_DTYPE)
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+  """``params * masks`` leafwise; a ``None`` mask leaves the param as it is."""
+  return jax.tree.map(
+      lambda m, p: p if m is None else p * m.astype(p.dtype),
+      masks, params, is_leaf=lambda x: x is None)
+
+
+def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
+                  alive: Mapping[str, Any]) -> dict[str, Any]:
+  """The *masked network*: every unit not alive outputs exactly ``act(0)``.
+
+  Zeroes the produced params entries (kernel column, bias, norm scale and
+  offset) of dead units, and points index maps (``kind='index'``) that
+  produce a dead unit at "no unit" (-1). Running statistics are untouched:
+  with scale and offset zero a normalised unit outputs 0 whatever they hold.
+  """
+  out = jax.tree.map(lambda x: x, dict(variables))
+  for g in topology.groups:
+    if g.name not in alive:
+      continue
+    a = jnp.asarray(alive[g.name]).astype(bool)
+    for ref in g.produces:
+      if ref.collection != 'params' and ref.kind != 'index':
+        continue
+      leaf = get_leaf(out, ref.key)
+      if ref.kind == 'index':
+        m = unit_axis_mask(ref, a, leaf.ndim)
+        new = jnp.where(m, leaf, -1)
+      else:
+        new = leaf * unit_axis_mask(ref, a, leaf.ndim).astype(leaf.dtype)
+      out = set_leaf(out, ref.key, new)
+  return out
+
+
+def set_leaf(variables: Mapping[str, Any], key: LeafKey, value: Any) -> dict:
+  """Returns a copy of the nested dict with one leaf replaced."""
+  collection, path = key
+
+  def rec(node, rest):
+    node = dict(node)
+    if len(rest) == 1:
+      node[rest[0]] = value
+    else:
+      node[rest[0]] = rec(node[rest[0]], rest[1:])
+    return node
+
+  out = dict(variables)
+  out[collection] = rec(out[collection], path)
+  return out
