@@ -16,12 +16,14 @@ are never pruned. Every tree map over masks treats ``None`` as a leaf.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from demp_jax import stats as stats_lib
 from demp_jax import topology as topo
 
 
@@ -34,10 +36,76 @@ class SparseState(NamedTuple):
 
 
 @dataclasses.dataclass
+class PruneContext:
+  """What a structured pruner sees when the loop asks it which units to keep.
+
+  ``images`` are ``[N, B, ...]`` normalised, non-augmented training inputs
+  held for this decision and ``labels`` their ``[N, B]`` labels. The unit
+  statistics over them are computed once, on first use.
+  """
+  step: int
+  model: Any
+  variables: dict
+  opt_state: Any
+  input_shape: tuple
+  images: Any
+  labels: Any
+  epsilon: float = 0.0
+  _stats: Optional[dict] = None
+
+  @property
+  def topology(self) -> topo.UnitTopology:
+    return self.model.unit_topology(self.input_shape)
+
+  def stats(self) -> dict:
+    if self._stats is None:
+      self._stats = jax.block_until_ready(stats_lib.saturation_stats(
+          self.model, self.variables, self.images, float(self.epsilon)))
+    return self._stats
+
+
+@dataclasses.dataclass
 class BaseUpdater:
   """Base updater: wraps an optimiser, keeps masks, applies them after each
   step. Subclasses override :meth:`get_initial_masks` and
-  :meth:`wrap_inner` (extra transformations around the optimiser)."""
+  :meth:`wrap_inner` (extra transformations around the optimiser), and
+  structured pruners :meth:`prunes_at` and :meth:`choose_keep`, which the
+  training loop follows with physical surgery.
+
+  Attributes:
+    topology: the model's unit topology; the loop sets it and replaces it
+      after every surgery.
+  """
+  topology: Optional[topo.UnitTopology] = None
+
+  # ------------------------------------------------ structured pruning hooks
+
+  def prunes_at(self, step: int) -> bool:
+    """Whether the loop asks :meth:`choose_keep` before step ``step``."""
+    del step
+    return False
+
+  def prunes_at_end(self) -> bool:
+    return False
+
+  def held_batches_shape(self) -> tuple[int, int]:
+    """``(N, B)`` of the held training batches in the :class:`PruneContext`."""
+    return (1, 512)
+
+  def choose_keep(self, ctx: PruneContext) -> Optional[dict]:
+    """Group name -> bool vector of units to keep, or None to keep all."""
+    del ctx
+    return None
+
+  def with_topology(self, topology: topo.UnitTopology) -> 'BaseUpdater':
+    return dataclasses.replace(self, topology=topology)
+
+  def set_alive(self, state: SparseState, params: Any,
+                alive: Mapping[str, Any]) -> SparseState:
+    """Masks every unit not alive: held at zero until the next surgery."""
+    return state._replace(masks=topo.param_masks(self.topology, params, alive))
+
+  # ---------------------------------------------------------------- optax
 
   def get_initial_masks(self, params: Any) -> Any:
     return jax.tree.map(lambda _: None, params)

@@ -43,7 +43,6 @@ class DemonPruning(base.BaseUpdater):
     death_batch_size: examples per held batch.
     epsilon: a unit is dead if ``sum |a| <= epsilon`` on every held batch.
     min_width: a layer never goes below this many units.
-    topology: the model's unit topology (set by the trainer).
   """
   reg_peak: float = 1e-3
   reg_span: int = 10_000
@@ -56,7 +55,6 @@ class DemonPruning(base.BaseUpdater):
   death_batch_size: int = 512
   epsilon: float = 0.0
   min_width: int = 1
-  topology: Optional[topo.UnitTopology] = None
 
   def __post_init__(self):
     if self.regularizer not in transforms.REGULARIZERS:
@@ -106,6 +104,15 @@ class DemonPruning(base.BaseUpdater):
     start = self.prune_every if self.prune_start is None else self.prune_start
     return step >= start and (step - start) % self.prune_every == 0
 
+  def prunes_at_end(self) -> bool:
+    return True
+
+  def held_batches_shape(self) -> tuple[int, int]:
+    return (int(self.death_batches), int(self.death_batch_size))
+
+  def choose_keep(self, ctx: base.PruneContext) -> dict[str, np.ndarray]:
+    return self.keep_from_stats(ctx.stats())
+
   def keep_from_stats(self, stats: Mapping[str, stats_lib.UnitStats]
                       ) -> dict[str, np.ndarray]:
     """Keep every unit not dead; top up to ``min_width`` with the most
@@ -120,11 +127,6 @@ class DemonPruning(base.BaseUpdater):
         alive[extra] = True
       keep[name] = alive
     return keep
-
-  def set_alive(self, state: base.SparseState, params: Any,
-                alive: Mapping[str, Any]) -> base.SparseState:
-    """Masks every unit not alive (held at zero until surgery)."""
-    return state._replace(masks=topo.param_masks(self.topology, params, alive))
 
   def instant_sparsify(self, params: Any, grads: Any = None,
                        alive: Optional[Mapping[str, Any]] = None, **kwargs):

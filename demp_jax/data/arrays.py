@@ -61,13 +61,13 @@ def train_batches(ds: ArrayDataset, batch_size: int, seed: int,
 
 
 def held_batches(ds: ArrayDataset, num_batches: int, batch_size: int,
-                 seed: int) -> np.ndarray:
-  """``[num_batches, batch_size, H, W, C]`` images drawn without replacement
-  (capped at the dataset size), for the death check."""
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """``([N, B, H, W, C] images, [N, B] labels)`` drawn without replacement
+  (capped at the dataset size), for the death check and pruning scores."""
   n = min(num_batches * batch_size, len(ds))
   num_batches = max(n // batch_size, 1)
   batch_size = n // num_batches
-  idx = np.random.default_rng(seed).choice(len(ds), num_batches * batch_size,
-                                           replace=False)
-  return ds.images[np.sort(idx)].reshape(
-      (num_batches, batch_size) + ds.example_shape)
+  idx = np.sort(np.random.default_rng(seed).choice(
+      len(ds), num_batches * batch_size, replace=False))
+  return (ds.images[idx].reshape((num_batches, batch_size) + ds.example_shape),
+          ds.labels[idx].reshape((num_batches, batch_size)))

@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from demp_jax import buckets
 from demp_jax import flops as flops_lib
 from demp_jax import models
-from demp_jax import stats as stats_lib
 from demp_jax import surgery
+from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
+from demp_jax.algorithms.base import PruneContext
 from demp_jax.data import (held_batches, load_dataset, normalize,
                            train_batches)
 from demp_jax.training import checkpoint as ckpt_lib
@@ -93,7 +95,6 @@ def train(config, workdir: str) -> dict:
   topology.validate(variables)
   updater = create_updater_from_config(config.sparsity_config,
                                        topology=topology)
-  prunes = hasattr(updater, 'prunes_at')
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
   state = TrainState(jnp.zeros([], jnp.int32), variables,
                      tx.init(variables['params']))
@@ -108,6 +109,8 @@ def train(config, workdir: str) -> dict:
   units_initial = sum(g.size for g in topology.groups)
   flops_initial = flops_lib.forward_flops(model, variables, input_shape)
   events: list[dict] = []
+  alive = {g.name: np.ones(g.size, bool) for g in topology.groups}
+  round_to = int(config.get('round_widths_to', 1) or 1)
   kept_history: list[dict] = []
   step_times: list[float] = []
   last_good: Optional[int] = None
@@ -117,42 +120,54 @@ def train(config, workdir: str) -> dict:
             'model': model_cfg, 'kept_history': kept_history}
 
   def prune(step: int) -> None:
-    nonlocal model, state, step_fn, updater
-    probe_u8 = held_batches(splits.train, updater.death_batches,
-                            updater.death_batch_size,
-                            seed=int(config.seed) * 1_000_003 + step)
-    probe = normalize(jnp.asarray(probe_u8), mean, std)
+    nonlocal model, state, step_fn, updater, alive
+    n, b = updater.held_batches_shape()
+    images, labels = held_batches(splits.train, n, b,
+                                  seed=int(config.seed) * 1_000_003 + step)
+    ctx = PruneContext(step, model, state.variables, state.opt_state,
+                       input_shape, normalize(jnp.asarray(images), mean, std),
+                       jnp.asarray(labels), getattr(updater, 'epsilon', 0.0))
     t0 = time.perf_counter()
-    unit_stats = jax.block_until_ready(stats_lib.saturation_stats(
-        model, state.variables, probe, float(updater.epsilon)))
-    check_s = time.perf_counter() - t0
-    keep = updater.keep_from_stats(unit_stats)
-    event = {'step': step, 'death_check_seconds': check_s,
-             'dead_found': {k: int(np.sum(np.asarray(s.dead)))
-                            for k, s in unit_stats.items()},
-             'apoz_mean': {k: float(np.mean(np.asarray(s.apoz)))
-                           for k, s in unit_stats.items()}}
-    if any(not np.all(k) for k in keep.values()):
+    keep = updater.choose_keep(ctx)
+    event = {'step': step, 'decide_seconds': time.perf_counter() - t0}
+    if keep is None:
+      return
+    if ctx._stats is not None:
+      event['dead_found'] = {k: int(np.sum(np.asarray(s.dead)))
+                             for k, s in ctx._stats.items()}
+      event['apoz_mean'] = {k: float(np.mean(np.asarray(s.apoz)))
+                            for k, s in ctx._stats.items()}
+    keep = {k: np.asarray(v, bool) & alive[k] for k, v in keep.items()}
+    scores = ({k: np.asarray(s.mean_abs) for k, s in ctx._stats.items()}
+              if ctx._stats is not None else None)
+    plan = buckets.plan(keep, round_to, scores)
+    if plan.shrinks:
       t0 = time.perf_counter()
-      res = surgery.shrink(model, state.variables, keep,
+      res = surgery.shrink(model, state.variables, plan.physical,
                            input_shape=input_shape, opt_state=state.opt_state,
-                           tx=tx, probe=probe[0][:256])
+                           tx=tx, probe=ctx.images[0][:256])
       jax.block_until_ready(res.variables)
       event['surgery_seconds'] = time.perf_counter() - t0
       event['max_masked_diff'] = res.max_masked_diff
       event['max_output_change'] = res.max_output_change
       kept_history.append({'step': step, 'kept': {
-          k: np.flatnonzero(v).tolist() for k, v in keep.items()}})
+          k: np.flatnonzero(v).tolist() for k, v in plan.physical.items()}})
       model = res.model
-      updater = dataclasses.replace(updater,
-                                    topology=model.unit_topology(input_shape))
+      updater = updater.with_topology(model.unit_topology(input_shape))
       state = TrainState(state.step, res.variables, res.opt_state)
       c0 = compiler.seconds
       step_fn = compiler(model, state, *sample)
       event['recompile_seconds'] = compiler.seconds - c0
+    alive = plan.alive
+    opt_state = updater.set_alive(state.opt_state, state.variables['params'],
+                                  alive)
+    params = topo.apply_masks(state.variables['params'], opt_state.masks)
+    state = TrainState(state.step, {**state.variables, 'params': params},
+                       opt_state)
+    if plan.shrinks:
       ckpt.save(step, state, meta(step))
-    event['live_units'] = dict(zip(model.unit_topology(input_shape).names,
-                                   map(int, model.widths)))
+    event['widths'] = dict(zip(updater.topology.names, map(int, model.widths)))
+    event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
     events.append(event)
 
   batches = train_batches(splits.train, int(config.batch_size),
@@ -165,7 +180,7 @@ def train(config, workdir: str) -> dict:
   checkpoint_every = int(config.get('checkpoint_every', 0) or 0)
   loss = float('nan')
   for step in range(num_steps):
-    if prunes and updater.prunes_at(step):
+    if updater.prunes_at(step):
       prune(step)
     images, labels = next(batches)
     t0 = time.perf_counter()
@@ -193,9 +208,10 @@ def train(config, workdir: str) -> dict:
     if step % 10 == 0 or step == num_steps - 1:
       progress.set_postfix(loss=f'{loss:.3f}',
                            acc=f'{float(metrics["accuracy"]):.3f}',
-                           units=sum(model.widths), refresh=False)
+                           units=sum(int(v.sum()) for v in alive.values()),
+                           refresh=False)
   progress.close()
-  if prunes:
+  if updater.prunes_at_end():
     prune(num_steps)
   train_seconds = time.perf_counter() - t_loop
   ckpt.save(num_steps, state, meta(num_steps))
@@ -204,7 +220,7 @@ def train(config, workdir: str) -> dict:
                   int(config.get('eval_batch_size', 1000)), mean, std)
 
   params_final = flops_lib.count_params(state.variables['params'])
-  units_final = int(sum(model.widths))
+  units_final = int(sum(int(v.sum()) for v in alive.values()))
   flops_final = flops_lib.forward_flops(model, state.variables, input_shape)
   tenth = max(1, num_steps // 10)
   summary = {
@@ -223,6 +239,7 @@ def train(config, workdir: str) -> dict:
       'flops_final': flops_final,
       'widths_final': dict(zip(model.unit_topology(input_shape).names,
                                map(int, model.widths))),
+      'live_units_final': {k: int(v.sum()) for k, v in alive.items()},
       'train_seconds': train_seconds,
       'compile_seconds': compiler.seconds,
       'compiles': compiler.count,
