@@ -23,3 +23,11 @@ def forward_flops(model: Any, variables: Mapping[str, Any],
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get('flops', float('nan')))
+
+
+def count_active(masks: Any, params: Any) -> int:
+  """Entries not masked out: mask sum where a mask exists, else the size."""
+  counts = jax.tree.map(
+      lambda m, p: int(np.prod(np.shape(p))) if m is None else int(
+          np.sum(np.asarray(m))), masks, params, is_leaf=lambda x: x is None)
+  return int(sum(jax.tree.leaves(counts)))

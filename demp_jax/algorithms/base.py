@@ -97,6 +97,12 @@ class BaseUpdater:
     del ctx
     return None
 
+  def update_masks(self, ctx: PruneContext) -> Any:
+    """New params-shaped masks for unstructured changes at a pruning step
+    (applied to the params by the loop), or None to leave them."""
+    del ctx
+    return None
+
   def with_topology(self, topology: topo.UnitTopology) -> 'BaseUpdater':
     return dataclasses.replace(self, topology=topology)
 

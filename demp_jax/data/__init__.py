@@ -1,12 +1,12 @@
 """Input pipelines: datasets as arrays plus the preprocessing per dataset."""
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-from demp_jax.data.arrays import (ArrayDataset, epoch_batches, held_batches,
-                                  train_batches)
+from demp_jax.data.arrays import (ArrayDataset, Source, eval_batches,
+                                  held_batches, train_batches)
 
 # Per-dataset channel mean/std of pixels in [0, 1].
 NORMALIZATION = {
@@ -16,11 +16,18 @@ NORMALIZATION = {
 
 
 class Splits(NamedTuple):
-  train: ArrayDataset
-  test: ArrayDataset
+  """A dataset's splits (random-access sources of uint8 images) and how to
+  preprocess them: ``(x/255 - mean)/std`` on device, then the named
+  ``augment`` (see :mod:`demp_jax.data.augment`) on training batches.
+  ``holdout`` is a part of the training images kept out of training (for
+  probes that must not see the training batches), or None."""
+  train: Source
+  test: Source
   num_classes: int
   mean: tuple
   std: tuple
+  augment: Optional[str] = None
+  holdout: Optional[Source] = None
 
 
 def load_dataset(config: Mapping[str, Any]) -> Splits:
@@ -37,8 +44,11 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
       train = train.take(int(cfg['train_subset']))
     if cfg.get('test_subset'):
       test = test.take(int(cfg['test_subset']))
+    holdout = None
+    if cfg.get('holdout'):
+      train, holdout = train.split(int(cfg['holdout']))
     mean, std = NORMALIZATION[name]
-    return Splits(train, test, 10, mean, std)
+    return Splits(train, test, 10, mean, std, cfg.get('augment'), holdout)
   raise ValueError(f'config.dataset.name={name!r} is not a known dataset; '
                    f"known: ['fashion_mnist', 'mnist']")
 
@@ -50,5 +60,5 @@ def normalize(images, mean, std):
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-__all__ = ['ArrayDataset', 'Splits', 'epoch_batches', 'held_batches',
+__all__ = ['ArrayDataset', 'Source', 'Splits', 'eval_batches', 'held_batches',
            'train_batches', 'load_dataset', 'normalize', 'NORMALIZATION']

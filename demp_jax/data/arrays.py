@@ -1,10 +1,27 @@
-"""In-memory image classification datasets and their batch iterators."""
+"""Random-access image classification sources and their batch iterators.
+
+A *source* is anything with ``__len__``, ``example_shape`` (one example's
+``(H, W, C)``) and ``get(indices) -> (uint8 [n, H, W, C], int32 [n])``.
+:class:`ArrayDataset` holds a split in memory; streaming sources (tfds) only
+need the same three members. Batches are drawn by global indices from a
+seeded permutation, so every process of a multi-host job agrees on the
+global batch and reads only its own slice of it.
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+
+  @property
+  def example_shape(self) -> tuple[int, int, int]: ...
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,47 +44,76 @@ class ArrayDataset:
   def example_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]
+
   def take(self, n: int) -> 'ArrayDataset':
     return ArrayDataset(self.images[:n], self.labels[:n])
 
-
-def epoch_batches(ds: ArrayDataset, batch_size: int, seed: int,
-                  epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """One shuffled pass, dropping the last partial batch."""
-  if batch_size > len(ds):
-    raise ValueError(f'batch_size {batch_size} is larger than the dataset '
-                     f'({len(ds)} examples)')
-  order = np.random.default_rng([seed, epoch]).permutation(len(ds))
-  for i in range(len(ds) // batch_size):
-    idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-    yield ds.images[idx], ds.labels[idx]
+  def split(self, n: int) -> tuple['ArrayDataset', 'ArrayDataset']:
+    """The first ``len - n`` examples and the last ``n`` (a held-out set)."""
+    k = len(self) - n
+    return (ArrayDataset(self.images[:k], self.labels[:k]),
+            ArrayDataset(self.images[k:], self.labels[k:]))
 
 
-def train_batches(ds: ArrayDataset, batch_size: int, seed: int,
-                  start_step: int = 0
+def _local(idx: np.ndarray, process_index: int, process_count: int):
+  if len(idx) % process_count:
+    raise ValueError(f'global batch {len(idx)} is not divisible by the '
+                     f'{process_count} processes')
+  n = len(idx) // process_count
+  return idx[process_index * n:(process_index + 1) * n]
+
+
+def train_batches(ds: Source, batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless shuffled batches; batch ``t`` is the same whatever
-  ``start_step`` the iterator began at (for exact resumption)."""
+  """Endless shuffled global batches of ``batch_size`` (each process gets
+  its slice); the last partial batch of each epoch is dropped. Batch ``t``
+  is the same whatever ``start_step`` the iterator began at."""
   per_epoch = len(ds) // batch_size
   if per_epoch == 0:
     raise ValueError(f'batch_size {batch_size} is larger than the dataset '
                      f'({len(ds)} examples)')
   epoch, skip = divmod(start_step, per_epoch)
   while True:
-    for i, b in enumerate(epoch_batches(ds, batch_size, seed, epoch)):
-      if i >= skip:
-        yield b
+    order = np.random.default_rng([seed, epoch]).permutation(len(ds))
+    for i in range(skip, per_epoch):
+      idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+      yield ds.get(_local(idx, process_index, process_count))
     epoch, skip = epoch + 1, 0
 
 
-def held_batches(ds: ArrayDataset, num_batches: int, batch_size: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_batches(ds: Source, batch_size: int, process_index: int = 0,
+                 process_count: int = 1
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Every example once, in order: ``(images, labels, valid)`` with the last
+  batch padded (``valid`` False on padding) so all batches share a shape."""
+  n = len(ds)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < n
+    idx = np.where(valid, idx, n - 1)
+    local = _local(idx, process_index, process_count)
+    images, labels = ds.get(local)
+    yield images, labels, _local(valid, process_index, process_count)
+
+
+def held_batches(ds: Source, num_batches: int, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
   """``([N, B, H, W, C] images, [N, B] labels)`` drawn without replacement
-  (capped at the dataset size), for the death check and pruning scores."""
+  (capped at the dataset size), for the death check and pruning scores.
+  With several processes each returns its slice ``B / process_count`` of
+  every batch."""
   n = min(num_batches * batch_size, len(ds))
   num_batches = max(n // batch_size, 1)
   batch_size = n // num_batches
+  batch_size -= batch_size % process_count
   idx = np.sort(np.random.default_rng(seed).choice(
-      len(ds), num_batches * batch_size, replace=False))
-  return (ds.images[idx].reshape((num_batches, batch_size) + ds.example_shape),
-          ds.labels[idx].reshape((num_batches, batch_size)))
+      len(ds), num_batches * batch_size, replace=False)).reshape(
+          num_batches, batch_size)
+  local = np.stack([_local(r, process_index, process_count) for r in idx])
+  images, labels = ds.get(local.reshape(-1))
+  return (images.reshape(local.shape + tuple(ds.example_shape)),
+          labels.reshape(local.shape))

@@ -26,7 +26,8 @@ from demp_jax import surgery
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms.base import PruneContext
-from demp_jax.data import (held_batches, load_dataset, normalize,
+from demp_jax.data import (augment as augment_lib, eval_batches,
+                           held_batches, load_dataset, normalize,
                            train_batches)
 from demp_jax.training import checkpoint as ckpt_lib
 from demp_jax.training import optim
@@ -62,15 +63,14 @@ class Compiler:
 
 
 def evaluate(model, variables, ds, batch_size, mean, std) -> dict:
+  """Accuracy and mean loss over every example of ``ds``."""
   fn = jax.jit(make_eval_step(model, mean, std))
   correct = loss = 0.0
-  n = len(ds)
-  for i in range(0, n, batch_size):
-    c, l = fn(variables, ds.images[i:i + batch_size],
-              ds.labels[i:i + batch_size])
+  for images, labels, valid in eval_batches(ds, batch_size):
+    c, l = fn(variables, images, labels, valid)
     correct += float(c)
     loss += float(l)
-  return {'accuracy': correct / n, 'loss': loss / n}
+  return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
 
 
 def _median(xs):
@@ -100,7 +100,8 @@ def train(config, workdir: str) -> dict:
                      tx.init(variables['params']))
   mean, std = splits.mean, splits.std
   make_step = lambda m: make_train_step(
-      m, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)))
+      m, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)),
+      augment_lib.get(splits.augment))
   compiler = Compiler(make_step)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
   key = jax.random.PRNGKey(int(config.seed) + 1)
@@ -122,7 +123,12 @@ def train(config, workdir: str) -> dict:
   def prune(step: int) -> None:
     nonlocal model, state, step_fn, updater, alive
     n, b = updater.held_batches_shape()
-    images, labels = held_batches(splits.train, n, b,
+    probe_source = splits.holdout if getattr(
+        updater, 'probe_split', 'train') == 'holdout' else splits.train
+    if probe_source is None:
+      raise ValueError(f'{type(updater).__name__} probes a held-out split: '
+                       'set config.dataset.holdout to a number of examples')
+    images, labels = held_batches(probe_source, n, b,
                                   seed=int(config.seed) * 1_000_003 + step)
     ctx = PruneContext(step, model, state.variables, state.opt_state,
                        input_shape, normalize(jnp.asarray(images), mean, std),
@@ -130,7 +136,16 @@ def train(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     keep = updater.choose_keep(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0}
+    masks = updater.update_masks(ctx)
+    if masks is not None:
+      state = TrainState(state.step, {
+          **state.variables,
+          'params': topo.apply_masks(state.variables['params'], masks)},
+                         state.opt_state._replace(masks=masks))
+      event['active_params'] = flops_lib.count_active(masks,
+                                                      state.variables['params'])
     if keep is None:
+      events.append(event)
       return
     if ctx._stats is not None:
       event['dead_found'] = {k: int(np.sum(np.asarray(s.dead)))

@@ -62,12 +62,13 @@ def make_train_step(model, tx: optax.GradientTransformation, updater,
 
 
 def make_eval_step(model, mean, std) -> Callable:
-  """``eval(variables, images uint8, labels) -> (correct, loss_sum)``."""
-  def evaluate(variables, images, labels):
+  """``eval(variables, images uint8, labels, valid) -> (correct, loss_sum)``
+  over the examples where ``valid`` is True (padding excluded)."""
+  def evaluate(variables, images, labels, valid):
     x = normalize(images, mean, std)
     logits = model.apply(variables, x, train=False)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return correct, jnp.sum(loss)
+    return correct, jnp.sum(jnp.where(valid, loss, 0.0))
 
   return evaluate
