@@ -42,5 +42,18 @@ def main(argv):
       summary['widths_final']))
 
 
+def parse_flags(argv):
+  """absl flag parsing, with config override errors on one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    msg = e
+    while isinstance(msg, BaseException) and msg.args:
+      msg = msg.args[0]
+    print(f'error: bad command line: unknown or invalid config override '
+          f'{msg}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

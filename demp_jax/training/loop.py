@@ -123,8 +123,9 @@ def train(config, workdir: str) -> dict:
   def prune(step: int) -> None:
     nonlocal model, state, step_fn, updater, alive
     n, b = updater.held_batches_shape()
-    probe_source = splits.holdout if getattr(
-        updater, 'probe_split', 'train') == 'holdout' else splits.train
+    probe_split = getattr(updater, 'probe_split', 'train')
+    probe_source = {'train': splits.train, 'holdout': splits.holdout,
+                    'test': splits.test}[probe_split]
     if probe_source is None:
       raise ValueError(f'{type(updater).__name__} probes a held-out split: '
                        'set config.dataset.holdout to a number of examples')

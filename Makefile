@@ -1,0 +1,38 @@
+# Quickstart: `make demo` trains DemP on the real Fashion-MNIST; `make test`
+# runs the test suite. Both install what they need into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo dense test install data
+
+demo: install data
+	$(PY) -m experiments.train --config configs/fashion_mnist_demp.py --workdir runs/demo
+
+dense: install data
+	$(PY) -m experiments.train --config configs/fashion_mnist_demp.py --workdir runs/dense --config.sparsity_config.algorithm=no_prune
+
+test: install data
+	$(PY) -m pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package (60k/10k, IDX).
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: install it with 'sudo apt-get install dataset-fashion-mnist'," ; \
+	  echo "or put the four IDX files in a directory and pass --config.dataset.data_dir=DIR."; \
+	  exit 1; \
+	fi

@@ -1,0 +1,226 @@
+"""Iterative pruning with rewinding: rounds of train -> prune -> rewind.
+
+``run_cycles(config, workdir)`` runs ``R = config.cycles.rounds`` pruning
+rounds after a dense round 0 and writes ``workdir/summary.json``. Round
+``r`` (with masks ``m`` and start point ``theta_0 = theta_start ⊙ m``):
+
+1. a fresh optimiser state (``tx.init``: no moment survives a round) and
+   ``steps_per_round`` training steps from ``theta_0`` to ``theta_T``; the
+   learning-rate schedule spans one round;
+2. test accuracy, sparsity and the dynamic dead-neuron rate of
+   ``theta_T`` are recorded (:func:`demp_jax.algorithms.ap.dead_rates`);
+3. unless it is the last round, the updater prunes
+   ``prune_rate`` of what remains (``prune_round``: AP = base + AP
+   selection; or a base pruner alone), given ``theta_T`` and ``theta_0``;
+4. the weights rewind: ``theta_start`` is the dense initialisation
+   (``rewind='init'``, lottery-ticket rewinding, the same ``theta_0 ⊙ m``
+   the round started from) or a fresh random initialisation
+   (``rewind='reinit'``, the AP code's default).
+
+Masks are strict throughout (the updater's ``wrap_optax`` and
+``post_gradient_update``), so pruned weights stay exactly 0. The shapes
+never change, so the train step compiles once.
+
+``config`` is a training config (``seed``, ``batch_size``,
+``eval_batch_size``, ``label_smoothing``, ``dataset``, ``model``,
+``optimizer``, ``sparsity_config``, ``progress``) plus ``config.cycles``:
+
+* ``rounds``: pruning rounds ``R`` (``R + 1`` trainings).
+* ``steps_per_round``: training steps per round.
+* ``prune_rate``: ``p``, the fraction of the remaining items pruned per
+  round (0.2: ``1 - 0.8^R`` of the weights after ``R`` rounds).
+* ``rewind``: ``'init'`` or ``'reinit'``.
+* ``probe_batches``, ``probe_batch_size``: the held batches of the base's
+  decision (data-driven bases such as SNAP) and of the dead-rate probe.
+* ``score_split``: where the decision batches come from (``'train'``,
+  un-augmented; or ``'holdout'``).
+* ``dnr_split``: where the dead rates are measured (``'test'``,
+  ``'holdout'`` or ``'train'``); a diagnostic, AP never reads it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from demp_jax import flops as flops_lib
+from demp_jax import models
+from demp_jax import topology as topo
+from demp_jax.algorithms import ap as ap_lib
+from demp_jax.algorithms import create_updater_from_config
+from demp_jax.algorithms import masked
+from demp_jax.algorithms import scores as sc
+from demp_jax.algorithms.base import PruneContext
+from demp_jax.data import (augment as augment_lib, held_batches, load_dataset,
+                           normalize, train_batches)
+from demp_jax.training import optim
+from demp_jax.training.loop import evaluate, init_variables
+from demp_jax.training.steps import TrainState, make_train_step
+
+REWIND = ('init', 'reinit')
+
+
+def _split(splits, name: str, what: str):
+  table = {'train': splits.train_eval or splits.train,
+           'holdout': splits.holdout, 'test': splits.test}
+  if name not in table:
+    raise ValueError(f'config.cycles.{what}={name!r}; use one of '
+                     f'{sorted(table)}')
+  if table[name] is None:
+    raise ValueError(f'config.cycles.{what}={name!r} needs '
+                     'config.dataset.holdout (examples kept out of training)')
+  return table[name]
+
+
+def weight_sparsity(masks: Any, params: Any) -> float:
+  """Fraction of the kernel entries (leaves with ``ndim > 1``) masked; a
+  kernel without a mask counts as dense."""
+  ones, total = 0, 0
+  pl = jax.tree_util.tree_flatten_with_path(params)[0]
+  ml = dict((topo.key_path(p), m) for p, m in
+            jax.tree_util.tree_flatten_with_path(
+                masks, is_leaf=lambda x: x is None)[0])
+  for path, p in pl:
+    if np.ndim(p) < 2:
+      continue
+    m = ml.get(topo.key_path(path))
+    total += int(np.size(p))
+    ones += int(np.size(p)) if m is None else int(np.sum(np.asarray(m)))
+  return 1.0 - ones / max(total, 1)
+
+
+def run_cycles(config, workdir: str) -> dict:
+  """Runs the configured rounds; returns the summary it writes to
+  ``workdir/summary.json``."""
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.perf_counter()
+  cyc = config.cycles
+  rounds = int(cyc.rounds)
+  steps = int(cyc.steps_per_round)
+  rate = float(cyc.prune_rate)
+  rewind = str(cyc.get('rewind', 'init'))
+  if rounds < 0 or steps < 1:
+    raise ValueError(f'config.cycles needs rounds >= 0 and steps_per_round '
+                     f'>= 1, got {rounds} and {steps}')
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'config.cycles.prune_rate must be in [0, 1), got {rate}')
+  if rewind not in REWIND:
+    raise ValueError(f'config.cycles.rewind={rewind!r}; use one of {REWIND}')
+  splits = load_dataset(config.dataset)
+  input_shape = splits.train.example_shape
+  model_cfg = dict(config.model)
+  model_cfg.setdefault('num_classes', splits.num_classes)
+  model = models.build_model(model_cfg)
+  seed = int(config.seed)
+  dense = init_variables(model, seed, input_shape)
+  topology = model.unit_topology(input_shape)
+  topology.validate(dense)
+  updater = create_updater_from_config(config.sparsity_config,
+                                       topology=topology)
+  if not callable(getattr(updater, 'prune_round', None)):
+    ap_lib.base_granularity(updater)  # a structured base: raises if not
+  tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, steps))
+  mean, std = splits.mean, splits.std
+  step_fn = jax.jit(make_train_step(
+      model, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)),
+      augment_lib.get(splits.augment)), donate_argnums=0)
+  n_probe, b_probe = int(cyc.probe_batches), int(cyc.probe_batch_size)
+  score_src = _split(splits, str(cyc.get('score_split', 'train')),
+                     'score_split')
+  dnr_src = _split(splits, str(cyc.get('dnr_split', 'test')), 'dnr_split')
+  dnr_images, _ = held_batches(dnr_src, n_probe, b_probe, seed=seed + 17)
+  dnr_images = normalize(jnp.asarray(dnr_images), mean, std)
+  batches = train_batches(splits.train, int(config.batch_size), seed)
+  key = jax.random.PRNGKey(seed + 1)
+  progress = bool(config.get('progress', True))
+  eval_bs = int(config.get('eval_batch_size', 1000))
+
+  masks = updater.get_initial_masks(dense['params'])
+  start = dense
+  records = []
+  step = 0
+  for r in range(rounds + 1):
+    theta0 = {**start, 'params': topo.apply_masks(start['params'], masks)}
+    opt_state = tx.init(theta0['params'])._replace(masks=masks)
+    state = TrainState(jnp.zeros([], jnp.int32),
+                       jax.tree.map(jnp.copy, theta0), opt_state)
+    t0 = time.perf_counter()
+    loss = float('nan')
+    for _ in range(steps):
+      images, labels = next(batches)
+      state, metrics = step_fn(state, images, labels,
+                               jax.random.fold_in(key, step))
+      step += 1
+    loss = float(metrics['loss'])
+    masks = state.opt_state.masks  # the state (and its masks) was donated
+    train_seconds = time.perf_counter() - t0
+    test = evaluate(model, state.variables, splits.test, eval_bs, mean, std)
+    alive = sc.alive_units(topology, state.opt_state)
+    rates = ap_lib.dead_rates(model, state.variables, dnr_images, alive)
+    params = state.variables['params']
+    rec = {'round': r,
+           'weight_sparsity': weight_sparsity(masks, params),
+           'param_sparsity': 1.0 - flops_lib.count_active(masks, params) /
+                             flops_lib.count_params(params),
+           'live_units': int(sum(int(v.sum()) for v in alive.values())),
+           'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
+           'final_train_loss': loss, **rates,
+           'max_masked_abs': _max_masked(params, masks),
+           'train_seconds': train_seconds}
+    if r < rounds:
+      images, labels = held_batches(score_src, n_probe, b_probe,
+                                    seed=seed * 1_000_003 + r)
+      ctx = PruneContext(step, model, state.variables, state.opt_state,
+                         input_shape, normalize(jnp.asarray(images), mean,
+                                                std), jnp.asarray(labels))
+      t1 = time.perf_counter()
+      if callable(getattr(updater, 'prune_round_info', None)):
+        masks, info = updater.prune_round_info(ctx, masks, rate,
+                                               start_params=theta0['params'])
+      else:
+        masks, info = ap_lib.base_round(updater, ctx, masks, rate), {}
+      rec['prune'] = {**info, 'seconds': time.perf_counter() - t1}
+      if rewind == 'reinit':
+        start = init_variables(model, seed + 1000 * (r + 1), input_shape)
+    records.append(rec)
+    if progress:
+      print(f'round {r}: sparsity {rec["weight_sparsity"]:.4f} test acc '
+            f'{rec["test_accuracy"]:.4f} dynamic dead rate '
+            f'{rec["dynamic_dead_rate"]:.4f} (live units '
+            f'{rec["dynamic_dead_rate_live"]:.4f}) dead units '
+            f'{rec["dead_units"]}', file=sys.stderr, flush=True)
+
+  sconf = config.sparsity_config
+  summary = {
+      'status': 'ok',
+      'algorithm': sconf.algorithm,
+      'base': sconf.get('base') if sconf.algorithm == 'ap' else None,
+      'ap_rate': float(getattr(updater, 'ap_rate', 0.0)),
+      'prune_rate': rate,
+      'rewind': rewind,
+      'rounds': records,
+      'final': records[-1],
+      'total_seconds': time.perf_counter() - t_start,
+      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'config': config.to_dict(),
+  }
+  path = os.path.join(workdir, 'summary.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(summary, f, indent=2, default=str)
+  os.replace(path + '.tmp', path)
+  return summary
+
+
+def _max_masked(params: Any, masks: Any) -> float:
+  """``max |w|`` over masked entries: 0.0 when the masks held."""
+  vals = jax.tree.map(
+      lambda m, p: 0.0 if m is None else float(
+          jnp.max(jnp.abs(p) * (1 - m.astype(p.dtype)), initial=0.0)),
+      masks, params, is_leaf=lambda x: x is None)
+  return max([0.0] + [float(v) for v in jax.tree.leaves(vals)])

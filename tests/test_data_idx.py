@@ -1,0 +1,84 @@
+"""IDX reading, the Fashion-MNIST loader and its errors."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from demp_jax.data import fashion_mnist, idx, load_dataset
+from demp_jax.data.arrays import (ArrayDataset, eval_batches, held_batches,
+                                  train_batches)
+
+
+def _write_idx(path, arr):
+  header = bytes([0, 0, 0x08, arr.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in arr.shape)
+  data = header + arr.astype(np.uint8).tobytes()
+  with (gzip.open if path.endswith('.gz') else open)(path, 'wb') as f:
+    f.write(data)
+
+
+def _fake_dir(tmp_path, n_train=30, n_test=10, gz=True):
+  rng = np.random.default_rng(0)
+  ext = '.gz' if gz else ''
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    _write_idx(str(tmp_path / f'{split}-images-idx3-ubyte{ext}'),
+               rng.integers(0, 256, (n, 28, 28)))
+    _write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte{ext}'),
+               rng.integers(0, 10, (n,)))
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize('gz', [True, False])
+def test_reads_idx_files(tmp_path, gz):
+  d = _fake_dir(tmp_path, gz=gz)
+  train = fashion_mnist.load('train', d, 'idx')
+  assert train.images.shape == (30, 28, 28, 1) and train.images.dtype == np.uint8
+  assert train.labels.shape == (30,) and train.labels.max() < 10
+  assert len(fashion_mnist.load('test', d, 'idx')) == 10
+
+
+def test_bad_files_and_missing_dirs_are_named(tmp_path):
+  bad = tmp_path / 'x.gz'
+  with gzip.open(bad, 'wb') as f:
+    f.write(b'\x01\x02\x03\x04rest')
+  with pytest.raises(ValueError, match='x.gz is not an IDX file'):
+    idx.read_idx(str(bad))
+  with pytest.raises(FileNotFoundError, match='does not exist.*apt-get'):
+    fashion_mnist.load('train', str(tmp_path / 'nope'), 'idx')
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(FileNotFoundError, match='train-images-idx3-ubyte'):
+    fashion_mnist.load('train', str(tmp_path / 'empty'), 'idx')
+  with pytest.raises(ValueError, match='config.dataset.name'):
+    load_dataset({'name': 'imagenet1'})
+
+
+def test_batches_are_deterministic_resumable_and_sharded():
+  ds = ArrayDataset(np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2, 1),
+                    np.arange(20, dtype=np.int32))
+  it = train_batches(ds, 4, seed=3)
+  first = [next(it)[1] for _ in range(12)]
+  resumed = train_batches(ds, 4, seed=3, start_step=7)
+  for t in range(7, 12):
+    np.testing.assert_array_equal(next(resumed)[1], first[t])
+  # an epoch (5 batches) sees every example once
+  assert sorted(np.concatenate(first[:5]).tolist()) == list(range(20))
+  # two processes split each global batch
+  a = next(train_batches(ds, 4, seed=3, process_index=0, process_count=2))[1]
+  b = next(train_batches(ds, 4, seed=3, process_index=1, process_count=2))[1]
+  np.testing.assert_array_equal(np.concatenate([a, b]), first[0])
+  images, labels = held_batches(ds, 3, 4, seed=0)
+  assert images.shape == (3, 4, 2, 2, 1) and len(set(labels.ravel())) == 12
+  got = [(l, v) for _, l, v in eval_batches(ds, 8)]
+  assert [len(l) for l, _ in got] == [8, 8, 8]
+  assert sum(int(v.sum()) for _, v in got) == 20
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEBIAN_DIR),
+                    reason='Debian package dataset-fashion-mnist not installed')
+def test_real_fashion_mnist():
+  s = load_dataset({'name': 'fashion_mnist'})
+  assert s.train.images.shape == (60000, 28, 28, 1)
+  assert s.test.images.shape == (10000, 28, 28, 1)
+  np.testing.assert_allclose(s.train.images.mean() / 255, 0.2860, atol=1e-3)
+  assert np.bincount(s.test.labels).tolist() == [1000] * 10

@@ -1,0 +1,116 @@
+"""The trainer end to end on tiny real-data settings, and its failures."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from demp_jax.data import fashion_mnist
+from demp_jax.training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isdir(fashion_mnist.DEBIAN_DIR),
+    reason='Debian package dataset-fashion-mnist not installed')
+
+SUMMARY_KEYS = {
+    'test_accuracy', 'params_initial', 'params_final', 'units_initial',
+    'units_final', 'neuron_sparsity', 'param_sparsity', 'flops_initial',
+    'flops_final', 'train_seconds', 'compile_seconds', 'compiles', 'steps',
+    'pruning_events', 'step_seconds_first', 'step_seconds_last', 'config'}
+
+
+def tiny(**overrides):
+  sys.path.insert(0, ROOT)
+  from configs import fashion_mnist_demp  # pylint: disable=g-import-not-at-top
+  c = fashion_mnist_demp.get_config('tiny')
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@needs_fmnist
+def test_demp_prunes_shrinks_and_writes_the_summary(tmp_path):
+  # epsilon huge: every unit counts as dead, so the loop must keep
+  # min_width units per layer through real surgery and recompiles.
+  c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
+              'round_widths_to': 1, 'num_steps': 25})
+  s = loop.train(c, str(tmp_path))
+  assert SUMMARY_KEYS <= set(s)
+  on_disk = json.load(open(tmp_path / 'summary.json'))
+  assert on_disk['units_final'] == s['units_final'] == 9
+  assert s['widths_final'] == {'conv_act_0': 3, 'conv_act_1': 3,
+                               'dense_act_0': 3}
+  assert s['neuron_sparsity'] == pytest.approx(1 - 9 / 56)
+  assert s['params_final'] < s['params_initial']
+  assert s['flops_final'] < s['flops_initial']
+  shrink_events = [e for e in s['pruning_events'] if 'surgery_seconds' in e]
+  assert len(shrink_events) == 1 and shrink_events[0]['step'] == 10
+  assert shrink_events[0]['max_masked_diff'] <= 1e-5
+  assert s['compiles'] == 2  # the first compile and one after the surgery
+  assert 0 <= s['test_accuracy'] <= 1
+  assert os.path.isdir(tmp_path / 'checkpoints' / '25')
+
+
+@needs_fmnist
+def test_width_buckets_mask_instead_of_recompiling(tmp_path):
+  c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
+              'round_widths_to': 8, 'num_steps': 25})
+  s = loop.train(c, str(tmp_path))
+  # 3 live units per layer, physically rounded up to 8
+  assert s['widths_final'] == {'conv_act_0': 8, 'conv_act_1': 8,
+                               'dense_act_0': 8}
+  assert s['live_units_final'] == {'conv_act_0': 3, 'conv_act_1': 3,
+                                   'dense_act_0': 3}
+  assert s['units_final'] == 9
+  assert s['compiles'] == 2
+
+
+@needs_fmnist
+def test_no_prune_is_the_dense_reference(tmp_path):
+  c = tiny(**{'sparsity_config.algorithm': 'no_prune'})
+  s = loop.train(c, str(tmp_path))
+  assert s['neuron_sparsity'] == 0 and s['param_sparsity'] == 0
+  assert s['pruning_events'] == [] and s['compiles'] == 1
+
+
+@needs_fmnist
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  c = tiny(**{'optimizer.learning_rate': 1e30, 'checkpoint_every': 1,
+              'sparsity_config.algorithm': 'no_prune',
+              'optimizer.schedule': 'constant'})
+  with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint'):
+    loop.train(c, str(tmp_path))
+  s = json.load(open(tmp_path / 'summary.json'))
+  assert s['status'] == 'non_finite_loss'
+  good = s['last_good_checkpoint']
+  assert good is not None and good < s['step'] + 1
+  assert os.path.isdir(tmp_path / 'checkpoints' / str(good))
+
+
+def test_missing_data_directory_is_named(tmp_path):
+  c = tiny(**{'dataset.data_dir': str(tmp_path / 'nowhere'),
+              'dataset.source': 'idx'})
+  with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
+    loop.train(c, str(tmp_path / 'run'))
+
+
+def _cli(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.train',
+       '--config', 'configs/fashion_mnist_demp.py:tiny', *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_rejects_unknown_config_keys_and_algorithms(tmp_path):
+  r = _cli('--workdir', str(tmp_path), '--config.sparsity_config.reg_peek=1')
+  assert r.returncode != 0 and 'reg_peek' in r.stderr
+  r = _cli('--workdir', str(tmp_path),
+           '--config.sparsity_config.algorithm=demq')
+  assert r.returncode == 1
+  assert "algorithm='demq' is not a registered algorithm" in r.stderr

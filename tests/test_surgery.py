@@ -1,0 +1,147 @@
+"""Surgery: the shrunk net computes what the masked net computes, and every
+params-shaped leaf of the optimiser state is sliced like the params."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from demp_jax import surgery
+from demp_jax import topology as topo
+from demp_jax.algorithms import create_updater_from_config
+from conftest import init_vars, randomize_batch_stats
+
+OPTIMIZERS = {
+    'adamw': lambda: optax.adamw(1e-3, weight_decay=1e-4),
+    'sgd_momentum': lambda: optax.sgd(1e-2, momentum=0.9),
+}
+
+
+def _random_keep(t, seed):
+  rng = np.random.default_rng(seed)
+  keep = {}
+  for g in t.groups:
+    k = rng.random(g.size) < rng.uniform(0.2, 0.9)
+    k[rng.integers(g.size)] = True  # at least one unit
+    keep[g.name] = k
+  return keep
+
+
+def _step(model, v, tx, opt_state, x):
+  """One real training step, so the optimiser moments are non-zero."""
+  def loss(p):
+    out, _ = model.apply({**v, 'params': p}, x, train=True,
+                         mutable=['batch_stats'])
+    return jnp.mean(out ** 2)
+  g = jax.grad(loss)(v['params'])
+  u, opt_state = tx.update(g, opt_state, v['params'])
+  return {**v, 'params': optax.apply_updates(v['params'], u)}, opt_state
+
+
+@pytest.mark.parametrize('opt', sorted(OPTIMIZERS))
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('arch', ['mlp', 'cnn'])
+def test_shrunk_equals_masked_on_random_dead_sets(arch, seed, opt, small_mlp,
+                                                 small_cnn):
+  model, shape = ((small_mlp, (7,)) if arch == 'mlp' else
+                  (small_cnn, (8, 8, 3)))
+  v = randomize_batch_stats(init_vars(model, shape, seed), seed)
+  tx = OPTIMIZERS[opt]()
+  x = jax.random.normal(jax.random.PRNGKey(seed), (6,) + shape)
+  v, opt_state = _step(model, v, tx, tx.init(v['params']), x)
+  t = model.unit_topology(shape)
+  keep = _random_keep(t, seed)
+  res = surgery.shrink(model, v, keep, input_shape=shape, opt_state=opt_state,
+                       tx=tx, probe=x)
+  assert res.max_masked_diff <= 1e-5
+  assert list(res.model.widths) == [int(keep[n].sum()) for n in t.names]
+  assert res.removed == {n: int((~keep[n]).sum()) for n in t.names}
+  # every params-shaped optimiser leaf matches the new params
+  shapes = jax.tree.map(jnp.shape, res.variables['params'])
+  optax.tree_map_params(
+      tx, lambda leaf, s: np.testing.assert_equal(jnp.shape(leaf), s),
+      res.opt_state, shapes)
+  # scalar counters kept, moments sliced (not reset)
+  before = jax.tree.leaves(opt_state)
+  after = jax.tree.leaves(res.opt_state)
+  for a, b in zip(before, after):
+    if jnp.ndim(a) == 0:
+      assert int(a) == int(b)
+  # the shrunk state trains on
+  _step(res.model, res.variables, tx, res.opt_state, x)
+
+
+def test_moments_are_sliced_with_the_params(small_cnn):
+  shape = (8, 8, 3)
+  v = init_vars(small_cnn, shape)
+  tx = optax.adam(1e-3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4,) + shape)
+  v, s = _step(small_cnn, v, tx, tx.init(v['params']), x)
+  keep = {'conv_act_1': np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)}
+  res = surgery.shrink(small_cnn, v, keep, input_shape=shape, opt_state=s,
+                       tx=tx)
+  kept = np.flatnonzero(keep['conv_act_1'])
+  np.testing.assert_array_equal(res.opt_state[0].mu['conv_1']['kernel'],
+                                np.asarray(s[0].mu['conv_1']['kernel'])[
+                                    ..., kept])
+  np.testing.assert_array_equal(res.opt_state[0].nu['conv_2']['kernel'],
+                                np.asarray(s[0].nu['conv_2']['kernel'])[
+                                    :, :, kept, :])
+  np.testing.assert_array_equal(res.variables['batch_stats']['conv_bn_1']
+                                ['mean'], np.asarray(v['batch_stats']
+                                                     ['conv_bn_1']['mean'])[
+                                                         kept])
+
+
+def test_updater_state_masks_are_sliced(small_mlp):
+  shape = (7,)
+  v = init_vars(small_mlp, shape)
+  t = small_mlp.unit_topology(shape)
+  upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
+                                   topology=t)
+  tx = upd.wrap_optax(optax.adamw(1e-3))
+  s = tx.init(v['params'])
+  alive = {'act_0': np.arange(12) < 9, 'act_1': np.ones(9, bool)}
+  s = upd.set_alive(s, v['params'], alive)
+  keep = {'act_0': np.arange(12) < 10}  # keeps one masked unit (index 9)
+  res = surgery.shrink(small_mlp, v, keep, input_shape=shape, opt_state=s,
+                       tx=tx)
+  m = res.opt_state.masks
+  assert m['logits']['bias'] is None
+  np.testing.assert_array_equal(m['bn_0']['scale'], [1] * 9 + [0])
+  assert m['dense_1']['kernel'].shape == (10, 9)
+  assert int(res.opt_state.count) == int(s.count)
+
+
+def test_wrong_topology_is_caught_by_the_probe_check(small_mlp):
+  """A topology that forgets the consumer: shapes break or logits differ."""
+  shape = (7,)
+  v = init_vars(small_mlp, shape)
+
+  class Forgetful(type(small_mlp)):
+    def unit_topology(self, input_shape):
+      t = super().unit_topology(input_shape)
+      g = t.groups[1]
+      return topo.UnitTopology((t.groups[0], topo.UnitGroup(
+          g.name, g.size, g.produces[1:], g.consumes)))  # drops the kernel
+
+  m = Forgetful(widths=(12, 9), num_classes=4)
+  with pytest.raises((surgery.SurgeryError, ValueError)):
+    surgery.shrink(m, v, {'act_1': np.arange(9) < 5}, input_shape=shape,
+                   probe=jnp.ones((3, 7)))
+
+
+def test_bad_keep_is_a_clear_error(small_mlp):
+  shape = (7,)
+  v = init_vars(small_mlp, shape)
+  with pytest.raises(ValueError, match='unknown unit groups'):
+    surgery.shrink(small_mlp, v, {'act_9': np.ones(3, bool)},
+                   input_shape=shape)
+  with pytest.raises(ValueError, match='shape'):
+    surgery.shrink(small_mlp, v, {'act_0': np.ones(3, bool)},
+                   input_shape=shape)
+  with pytest.raises(ValueError, match='every unit'):
+    surgery.shrink(small_mlp, v, {'act_0': np.zeros(12, bool)},
+                   input_shape=shape)
+  with pytest.raises(ValueError, match='tx'):
+    surgery.shrink(small_mlp, v, {}, input_shape=shape, opt_state=())
