@@ -97,11 +97,29 @@ class BaseUpdater:
     del ctx
     return None
 
+  def constants(self, ctx: PruneContext) -> Optional[dict]:
+    """``{group: float[n]}`` constant outputs of removed units to fold into
+    their consumers (NaN: not constant), or None to remove without folding.
+    """
+    del ctx
+    return None
+
+  def scalar_metrics(self, step: int) -> dict:
+    """Scalars to log at ``step`` (e.g. schedule values)."""
+    del step
+    return {}
+
   def update_masks(self, ctx: PruneContext) -> Any:
     """New params-shaped masks for unstructured changes at a pruning step
     (applied to the params by the loop), or None to leave them."""
     del ctx
     return None
+
+  def event_metrics(self, ctx: PruneContext, masks: Any) -> dict:
+    """Extra numbers for the loop's record of a pruning event, after
+    :meth:`update_masks` returned ``masks`` (None: unchanged)."""
+    del ctx, masks
+    return {}
 
   def with_topology(self, topology: topo.UnitTopology) -> 'BaseUpdater':
     return dataclasses.replace(self, topology=topology)

@@ -43,6 +43,13 @@ class DemonPruning(base.BaseUpdater):
     death_batch_size: examples per held batch.
     epsilon: a unit is dead if ``sum |a| <= epsilon`` on every held batch.
     min_width: a layer never goes below this many units.
+    fold_constants: also remove units whose output is (nearly) constant on
+      the held data, folding the constant into the consumers so the
+      function is kept. Under the L1 penalty many norm scales reach ~0 with
+      a positive offset: such a unit outputs ReLU(offset), it is not dead
+      but carries no information.
+    constant_tol: a unit is constant if ``max a - min a`` over the held data
+      is at most ``constant_tol`` times its layer's mean ``|a|``.
   """
   reg_peak: float = 1e-3
   reg_span: int = 10_000
@@ -55,6 +62,8 @@ class DemonPruning(base.BaseUpdater):
   death_batch_size: int = 512
   epsilon: float = 0.0
   min_width: int = 1
+  fold_constants: bool = True
+  constant_tol: float = 1e-2
 
   def __post_init__(self):
     if self.regularizer not in transforms.REGULARIZERS:
@@ -113,13 +122,39 @@ class DemonPruning(base.BaseUpdater):
   def choose_keep(self, ctx: base.PruneContext) -> dict[str, np.ndarray]:
     return self.keep_from_stats(ctx.stats())
 
+  def _constant(self, s: stats_lib.UnitStats) -> np.ndarray:
+    """Units whose output range is within ``constant_tol`` of the layer's
+    mean |a| (bool[n]); none unless ``fold_constants``."""
+    if not self.fold_constants:
+      return np.zeros(np.shape(s.dead), bool)
+    spread = np.asarray(s.max, np.float64) - np.asarray(s.min, np.float64)
+    scale = max(float(np.mean(np.asarray(s.mean_abs))), 1e-12)
+    return np.isfinite(spread) & (spread <= self.constant_tol * scale)
+
+  def constants(self, ctx: base.PruneContext) -> Optional[dict]:
+    if not self.fold_constants:
+      return None
+    out = {}
+    for name, s in ctx.stats().items():
+      mid = 0.5 * (np.asarray(s.min, np.float64) + np.asarray(s.max,
+                                                             np.float64))
+      out[name] = np.where(self._constant(s), mid, np.nan).astype(np.float32)
+    return out
+
+  def scalar_metrics(self, step: int) -> dict:
+    return {'lambda': float(transforms.onecycle(self.reg_peak,
+                                                self.reg_span)(step)),
+            'sigma': float(transforms.onecycle(self.noise_peak,
+                                               self.reg_span)(step))}
+
   def keep_from_stats(self, stats: Mapping[str, stats_lib.UnitStats]
                       ) -> dict[str, np.ndarray]:
-    """Keep every unit not dead; top up to ``min_width`` with the most
-    active dead units (largest mean |a|)."""
+    """Keep every unit neither dead nor (with ``fold_constants``) constant;
+    top up to ``min_width`` with the most active removed units (largest
+    mean |a|)."""
     keep = {}
     for name, s in stats.items():
-      alive = ~np.asarray(s.dead)
+      alive = ~(np.asarray(s.dead) | self._constant(s))
       need = min(self.min_width, alive.size) - int(alive.sum())
       if need > 0:
         order = np.argsort(-np.asarray(s.mean_abs), kind='stable')

@@ -1,12 +1,13 @@
 """The training loop: train, check for dead units, shrink, recompile, go on.
 
-``train(config, workdir)`` runs one configured job and writes
-``workdir/summary.json``; see ``configs/fashion_mnist_demp.py`` for the
-config fields.
+``train(config, workdir)`` runs one configured job, data-parallel over every
+device of every process, and writes ``workdir/summary.json``, metrics
+(``metrics.csv``, ``metrics.jsonl``, TensorBoard) and orbax checkpoints
+that survive shrinking (``--config.resume=True`` continues from the latest
+one). See ``configs/fashion_mnist_demp.py`` for the config fields.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,9 @@ from demp_jax.data import (augment as augment_lib, eval_batches,
                            held_batches, load_dataset, normalize,
                            train_batches)
 from demp_jax.training import checkpoint as ckpt_lib
+from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import optim
+from demp_jax.training import parallel
 from demp_jax.training.steps import (TrainState, make_eval_step,
                                      make_train_step)
 
@@ -53,21 +56,24 @@ class Compiler:
     self.count = 0
     self.seconds = 0.0
 
-  def __call__(self, model, state, images, labels, key):
+  def __call__(self, model, *args):
     t0 = time.perf_counter()
     fn = jax.jit(self.make_step(model), donate_argnums=0)
-    compiled = fn.lower(state, images, labels, key).compile()
+    compiled = fn.lower(*args).compile()
     self.seconds += time.perf_counter() - t0
     self.count += 1
     return compiled
 
 
-def evaluate(model, variables, ds, batch_size, mean, std) -> dict:
+def evaluate(model, variables, ds, batch_size, mean, std,
+             dp: parallel.DataParallel) -> dict:
   """Accuracy and mean loss over every example of ``ds``."""
+  dp.check_batch(batch_size, 'config.eval_batch_size')
   fn = jax.jit(make_eval_step(model, mean, std))
   correct = loss = 0.0
-  for images, labels, valid in eval_batches(ds, batch_size):
-    c, l = fn(variables, images, labels, valid)
+  for images, labels, valid in eval_batches(ds, batch_size, dp.process_index,
+                                            dp.process_count):
+    c, l = fn(variables, *dp.shard_batch((images, labels, valid)))
     correct += float(c)
     loss += float(l)
   return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
@@ -80,13 +86,18 @@ def _median(xs):
 def train(config, workdir: str) -> dict:
   """Runs the configured job; returns the summary it writes to
   ``workdir/summary.json``."""
+  parallel.maybe_initialize_distributed(config)
+  dp = parallel.DataParallel()
+  main = dp.process_index == 0
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   num_steps = int(config.num_steps)
   if num_steps < 1:
     raise ValueError(f'config.num_steps must be >= 1, got {num_steps}')
+  batch_size = int(config.batch_size)
+  dp.check_batch(batch_size, 'config.batch_size')
   splits = load_dataset(config.dataset)
-  input_shape = splits.train.example_shape
+  input_shape = tuple(splits.train.example_shape)
   model_cfg = dict(config.model)
   model_cfg.setdefault('num_classes', splits.num_classes)
   model = models.build_model(model_cfg)
@@ -96,44 +107,71 @@ def train(config, workdir: str) -> dict:
   updater = create_updater_from_config(config.sparsity_config,
                                        topology=topology)
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
-  state = TrainState(jnp.zeros([], jnp.int32), variables,
-                     tx.init(variables['params']))
   mean, std = splits.mean, splits.std
   make_step = lambda m: make_train_step(
       m, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)),
       augment_lib.get(splits.augment))
   compiler = Compiler(make_step)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  writer = metrics_lib.MetricWriter(workdir, enabled=main)
   key = jax.random.PRNGKey(int(config.seed) + 1)
-
-  params_initial = flops_lib.count_params(variables['params'])
-  units_initial = sum(g.size for g in topology.groups)
-  flops_initial = flops_lib.forward_flops(model, variables, input_shape)
-  events: list[dict] = []
-  alive = {g.name: np.ones(g.size, bool) for g in topology.groups}
   round_to = int(config.get('round_widths_to', 1) or 1)
-  kept_history: list[dict] = []
-  step_times: list[float] = []
-  last_good: Optional[int] = None
 
-  def meta(step):
-    return {'step': step, 'widths': list(model.widths),
-            'model': model_cfg, 'kept_history': kept_history}
+  # Everything a checkpoint must hold to continue exactly where it stopped.
+  run = {
+      'params_initial': flops_lib.count_params(variables['params']),
+      'units_initial': sum(g.size for g in topology.groups),
+      'flops_initial': flops_lib.forward_flops(model, variables, input_shape),
+      'events': [], 'kept_history': [],
+      'alive': {g.name: [True] * g.size for g in topology.groups},
+      'last_good': None,
+  }
+  start = 0
+  latest = ckpt.latest_step() if config.get('resume', False) else None
+  if latest is not None:
+    run = ckpt.read_meta(latest)['run']
+    model = model.with_widths(run['widths'])
+    topology = model.unit_topology(input_shape)
+    updater = updater.with_topology(topology)
+    abstract = jax.eval_shape(lambda: TrainState(
+        jnp.zeros([], jnp.int32), init_variables(model, 0, input_shape),
+        tx.init(init_variables(model, 0, input_shape)['params'])))
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                       sharding=dp.replicated), abstract)
+    state = ckpt.restore(latest, abstract)
+    start = latest
+  else:
+    state = dp.replicate(TrainState(jnp.zeros([], jnp.int32), variables,
+                                    tx.init(variables['params'])))
+    if config.get('resume', False) and main:
+      print(f'resume: no checkpoint in {ckpt.directory}; starting fresh',
+            file=sys.stderr)
+  alive = {k: np.asarray(v, bool) for k, v in run['alive'].items()}
+  step_times: list[float] = []
+
+  def save(step: int) -> None:
+    run['widths'] = [int(w) for w in model.widths]
+    run['alive'] = {k: v.tolist() for k, v in alive.items()}
+    ckpt.save(step, state, {'step': step, 'model': model_cfg, 'run': run})
+    run['last_good'] = step
 
   def prune(step: int) -> None:
     nonlocal model, state, step_fn, updater, alive
     n, b = updater.held_batches_shape()
-    probe_split = getattr(updater, 'probe_split', 'train')
-    probe_source = {'train': splits.train, 'holdout': splits.holdout,
-                    'test': splits.test}[probe_split]
-    if probe_source is None:
+    where = getattr(updater, 'probe_split', 'train')
+    source = {'train': splits.train, 'holdout': splits.holdout,
+              'test': splits.test}[where]
+    if source is None:
       raise ValueError(f'{type(updater).__name__} probes a held-out split: '
                        'set config.dataset.holdout to a number of examples')
-    images, labels = held_batches(probe_source, n, b,
-                                  seed=int(config.seed) * 1_000_003 + step)
+    b -= b % dp.num_devices
+    images, labels = dp.shard_held(held_batches(
+        source, n, b, seed=int(config.seed) * 1_000_003 + step,
+        process_index=dp.process_index, process_count=dp.process_count))
     ctx = PruneContext(step, model, state.variables, state.opt_state,
-                       input_shape, normalize(jnp.asarray(images), mean, std),
-                       jnp.asarray(labels), getattr(updater, 'epsilon', 0.0))
+                       input_shape, normalize(images, mean, std), labels,
+                       getattr(updater, 'epsilon', 0.0))
     t0 = time.perf_counter()
     keep = updater.choose_keep(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0}
@@ -143,62 +181,67 @@ def train(config, workdir: str) -> dict:
           **state.variables,
           'params': topo.apply_masks(state.variables['params'], masks)},
                          state.opt_state._replace(masks=masks))
-      event['active_params'] = flops_lib.count_active(masks,
-                                                      state.variables['params'])
-    if keep is None:
-      events.append(event)
-      return
+      event['active_params'] = flops_lib.count_active(
+          masks, state.variables['params'])
     if ctx._stats is not None:
       event['dead_found'] = {k: int(np.sum(np.asarray(s.dead)))
                              for k, s in ctx._stats.items()}
       event['apoz_mean'] = {k: float(np.mean(np.asarray(s.apoz)))
                             for k, s in ctx._stats.items()}
-    keep = {k: np.asarray(v, bool) & alive[k] for k, v in keep.items()}
-    scores = ({k: np.asarray(s.mean_abs) for k, s in ctx._stats.items()}
-              if ctx._stats is not None else None)
-    plan = buckets.plan(keep, round_to, scores)
-    if plan.shrinks:
-      t0 = time.perf_counter()
-      res = surgery.shrink(model, state.variables, plan.physical,
-                           input_shape=input_shape, opt_state=state.opt_state,
-                           tx=tx, probe=ctx.images[0][:256])
-      jax.block_until_ready(res.variables)
-      event['surgery_seconds'] = time.perf_counter() - t0
-      event['max_masked_diff'] = res.max_masked_diff
-      event['max_output_change'] = res.max_output_change
-      kept_history.append({'step': step, 'kept': {
-          k: np.flatnonzero(v).tolist() for k, v in plan.physical.items()}})
-      model = res.model
-      updater = updater.with_topology(model.unit_topology(input_shape))
-      state = TrainState(state.step, res.variables, res.opt_state)
-      c0 = compiler.seconds
-      step_fn = compiler(model, state, *sample)
-      event['recompile_seconds'] = compiler.seconds - c0
-    alive = plan.alive
-    opt_state = updater.set_alive(state.opt_state, state.variables['params'],
-                                  alive)
-    params = topo.apply_masks(state.variables['params'], opt_state.masks)
-    state = TrainState(state.step, {**state.variables, 'params': params},
-                       opt_state)
-    if plan.shrinks:
-      ckpt.save(step, state, meta(step))
-    event['widths'] = dict(zip(updater.topology.names, map(int, model.widths)))
-    event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
-    events.append(event)
+    if keep is not None:
+      keep = {k: np.asarray(v, bool) & alive[k] for k, v in keep.items()}
+      scores = ({k: np.asarray(s.mean_abs) for k, s in ctx._stats.items()}
+                if ctx._stats is not None else None)
+      plan = buckets.plan(keep, round_to, scores)
+      if plan.shrinks:
+        constants = updater.constants(ctx)
+        t0 = time.perf_counter()
+        res = surgery.shrink(
+            model, state.variables, plan.physical, input_shape=input_shape,
+            opt_state=state.opt_state, tx=tx, probe=ctx.images[0][:256],
+            fold_constants=constants is not None, constants=constants)
+        jax.block_until_ready(res.variables)
+        event['surgery_seconds'] = time.perf_counter() - t0
+        event['max_masked_diff'] = res.max_masked_diff
+        event['max_output_change'] = res.max_output_change
+        event['folded'] = getattr(res, 'folded', {})
+        run['kept_history'].append({'step': step, 'kept': {
+            k: np.flatnonzero(v).tolist() for k, v in plan.physical.items()}})
+        model = res.model
+        updater = updater.with_topology(model.unit_topology(input_shape))
+        state = dp.replicate(TrainState(state.step, res.variables,
+                                        res.opt_state))
+        c0 = compiler.seconds
+        step_fn = compiler(model, state, *sample)
+        event['recompile_seconds'] = compiler.seconds - c0
+      alive = plan.alive
+      opt_state = updater.set_alive(state.opt_state,
+                                    state.variables['params'], alive)
+      params = topo.apply_masks(state.variables['params'], opt_state.masks)
+      state = TrainState(state.step, {**state.variables, 'params': params},
+                         opt_state)
+      event['widths'] = dict(zip(updater.topology.names,
+                                 map(int, model.widths)))
+      event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
+      if plan.shrinks:
+        save(step)
+    run['events'].append(event)
 
-  batches = train_batches(splits.train, int(config.batch_size),
-                          int(config.seed))
-  sample = (*next(train_batches(splits.train, int(config.batch_size),
-                                int(config.seed))), key)
+  batches = train_batches(splits.train, batch_size, int(config.seed), start,
+                          dp.process_index, dp.process_count)
+  sample = (*dp.shard_batch(next(train_batches(
+      splits.train, batch_size, int(config.seed), 0, dp.process_index,
+      dp.process_count))), key)
   step_fn = compiler(model, state, *sample)
-  progress = _progress(num_steps, config)
+  progress = _progress(num_steps, start, config, main)
   t_loop = time.perf_counter()
   checkpoint_every = int(config.get('checkpoint_every', 0) or 0)
+  log_every = int(config.get('log_every', 50) or 50)
   loss = float('nan')
-  for step in range(num_steps):
+  for step in range(start, num_steps):
     if updater.prunes_at(step):
       prune(step)
-    images, labels = next(batches)
+    images, labels = dp.shard_batch(next(batches))
     t0 = time.perf_counter()
     state, metrics = step_fn(state, images, labels,
                              jax.random.fold_in(key, step))
@@ -207,77 +250,91 @@ def train(config, workdir: str) -> dict:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       progress.close()
+      last = run['last_good']
       msg = (f'loss is {loss} at step {step}; the run stopped. ' +
-             (f'The last good checkpoint is step {last_good} in '
-              f'{ckpt.directory}.' if last_good is not None else
+             (f'The last good checkpoint is step {last} in {ckpt.directory}.'
+              if last is not None else
               'No checkpoint was written before it.'))
-      _write_json(os.path.join(workdir, 'summary.json'),
-                  {'status': 'non_finite_loss', 'error': msg, 'step': step,
-                   'last_good_checkpoint': last_good,
-                   'config': config.to_dict()})
+      if main:
+        _write_json(os.path.join(workdir, 'summary.json'),
+                    {'status': 'non_finite_loss', 'error': msg, 'step': step,
+                     'last_good_checkpoint': last,
+                     'config': config.to_dict()})
       ckpt.close()
+      writer.close()
       raise NonFiniteLossError(msg)
+    live = sum(int(v.sum()) for v in alive.values())
+    if step % log_every == 0 or step == num_steps - 1:
+      writer.write(step, {
+          'loss': loss, 'accuracy': float(metrics['accuracy']),
+          'live_units': live, 'step_seconds': step_times[-1],
+          'params': flops_lib.count_params(state.variables['params']),
+          **{f'live_units/{k}': int(v.sum()) for k, v in alive.items()},
+          **updater.scalar_metrics(step)})
     if checkpoint_every and (step + 1) % checkpoint_every == 0:
-      ckpt.save(step + 1, state, meta(step + 1))
-      last_good = step + 1
+      save(step + 1)
     progress.update(1)
     if step % 10 == 0 or step == num_steps - 1:
       progress.set_postfix(loss=f'{loss:.3f}',
                            acc=f'{float(metrics["accuracy"]):.3f}',
-                           units=sum(int(v.sum()) for v in alive.values()),
-                           refresh=False)
+                           units=live, refresh=False)
   progress.close()
-  if updater.prunes_at_end():
+  if updater.prunes_at_end() and start < num_steps:
     prune(num_steps)
   train_seconds = time.perf_counter() - t_loop
-  ckpt.save(num_steps, state, meta(num_steps))
+  save(num_steps)
   ckpt.close()
   test = evaluate(model, state.variables, splits.test,
-                  int(config.get('eval_batch_size', 1000)), mean, std)
+                  int(config.get('eval_batch_size', 1000)), mean, std, dp)
 
   params_final = flops_lib.count_params(state.variables['params'])
   units_final = int(sum(int(v.sum()) for v in alive.values()))
   flops_final = flops_lib.forward_flops(model, state.variables, input_shape)
-  tenth = max(1, num_steps // 10)
+  tenth = max(1, len(step_times) // 10)
+  names = model.unit_topology(input_shape).names
   summary = {
       'status': 'ok',
       'algorithm': config.sparsity_config.algorithm,
       'test_accuracy': test['accuracy'],
       'test_loss': test['loss'],
       'final_train_loss': loss,
-      'params_initial': params_initial,
+      'params_initial': run['params_initial'],
       'params_final': params_final,
-      'units_initial': units_initial,
+      'units_initial': run['units_initial'],
       'units_final': units_final,
-      'neuron_sparsity': 1.0 - units_final / units_initial,
-      'param_sparsity': 1.0 - params_final / params_initial,
-      'flops_initial': flops_initial,
+      'neuron_sparsity': 1.0 - units_final / run['units_initial'],
+      'param_sparsity': 1.0 - params_final / run['params_initial'],
+      'flops_initial': run['flops_initial'],
       'flops_final': flops_final,
-      'widths_final': dict(zip(model.unit_topology(input_shape).names,
-                               map(int, model.widths))),
+      'widths_final': dict(zip(names, map(int, model.widths))),
       'live_units_final': {k: int(v.sum()) for k, v in alive.items()},
       'train_seconds': train_seconds,
       'compile_seconds': compiler.seconds,
       'compiles': compiler.count,
       'total_seconds': time.perf_counter() - t_start,
       'steps': num_steps,
+      'resumed_from': start or None,
       'step_seconds_first': _median(step_times[:tenth]),
       'step_seconds_last': _median(step_times[-tenth:]),
-      'pruning_events': events,
-      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'pruning_events': run['events'],
+      'device': (f'{jax.device_count()} x {jax.devices()[0].device_kind} '
+                 f'in {jax.process_count()} process(es)'),
       'config': config.to_dict(),
   }
   summary['step_time_ratio'] = (summary['step_seconds_last'] /
                                 summary['step_seconds_first'])
-  _write_json(os.path.join(workdir, 'summary.json'), summary)
+  if main:
+    _write_json(os.path.join(workdir, 'summary.json'), summary)
+  writer.close()
   return summary
 
 
-def _progress(total: int, config):
+def _progress(total: int, start: int, config, main: bool):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, desc=str(config.sparsity_config.algorithm),
-              disable=not config.get('progress', True), mininterval=1.0,
-              file=sys.stderr, dynamic_ncols=True)
+  return tqdm(total=total, initial=start,
+              desc=str(config.sparsity_config.algorithm),
+              disable=not (main and config.get('progress', True)),
+              mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
 
 
 def _write_json(path: str, obj: dict) -> None:
