@@ -19,9 +19,19 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 1_000
   c.label_smoothing = 0.0
-  c.checkpoint_every = 0
+  c.checkpoint_every = 0  # 0: at surgeries and at the end only
+  c.resume = False  # continue from the latest checkpoint in --workdir
+  c.log_every = 50
   c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
   c.progress = True
+
+  # Multi-process: every process runs the same command with its process_id
+  # (TPU pods and clusters: auto=True lets JAX read the environment).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.coordinator_address = ''
+  c.distributed.auto = False
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'fashion_mnist'
@@ -54,6 +64,8 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   s.death_batch_size = 512
   s.epsilon = 0.0
   s.min_width = 1
+  s.fold_constants = True
+  s.constant_tol = 1e-2
 
   if config_string == 'tiny':
     c.num_steps = 30

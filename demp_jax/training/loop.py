@@ -317,6 +317,7 @@ def train(config, workdir: str) -> dict:
       'step_seconds_first': _median(step_times[:tenth]),
       'step_seconds_last': _median(step_times[-tenth:]),
       'pruning_events': run['events'],
+      'kept_history': run['kept_history'],
       'device': (f'{jax.device_count()} x {jax.devices()[0].device_kind} '
                  f'in {jax.process_count()} process(es)'),
       'config': config.to_dict(),
