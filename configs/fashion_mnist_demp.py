@@ -22,6 +22,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 0  # 0: at surgeries and at the end only
   c.resume = False  # continue from the latest checkpoint in --workdir
   c.log_every = 50
+  c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
   c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
   c.progress = True
 

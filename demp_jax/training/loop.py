@@ -237,6 +237,8 @@ def train(config, workdir: str) -> dict:
   t_loop = time.perf_counter()
   checkpoint_every = int(config.get('checkpoint_every', 0) or 0)
   log_every = int(config.get('log_every', 50) or 50)
+  eval_every = int(config.get('eval_every', 0) or 0)
+  eval_seconds = 0.0
   loss = float('nan')
   for step in range(start, num_steps):
     if updater.prunes_at(step):
@@ -271,6 +273,18 @@ def train(config, workdir: str) -> dict:
           'params': flops_lib.count_params(state.variables['params']),
           **{f'live_units/{k}': int(v.sum()) for k, v in alive.items()},
           **updater.scalar_metrics(step)})
+    if eval_every and (step + 1) % eval_every == 0:
+      t0 = time.perf_counter()
+      acc = evaluate(model, state.variables, splits.test,
+                     int(config.get('eval_batch_size', 1000)), mean, std,
+                     dp)['accuracy']
+      eval_seconds += time.perf_counter() - t0
+      # training wall time so far: steps, pruning and compiles, no evals
+      clock = time.perf_counter() - t_loop - eval_seconds
+      run.setdefault('evals', []).append(
+          {'step': step + 1, 'train_clock_seconds': clock,
+           'test_accuracy': acc})
+      writer.write(step, {'test_accuracy': acc, 'train_clock_seconds': clock})
     if checkpoint_every and (step + 1) % checkpoint_every == 0:
       save(step + 1)
     progress.update(1)
@@ -281,7 +295,7 @@ def train(config, workdir: str) -> dict:
   progress.close()
   if updater.prunes_at_end() and start < num_steps:
     prune(num_steps)
-  train_seconds = time.perf_counter() - t_loop
+  train_seconds = time.perf_counter() - t_loop - eval_seconds
   save(num_steps)
   ckpt.close()
   test = evaluate(model, state.variables, splits.test,
@@ -310,6 +324,9 @@ def train(config, workdir: str) -> dict:
       'live_units_final': {k: int(v.sum()) for k, v in alive.items()},
       'train_seconds': train_seconds,
       'compile_seconds': compiler.seconds,
+      # compiles inside the loop (after surgeries), part of train_seconds
+      'recompile_seconds': sum(e.get('recompile_seconds', 0.0)
+                               for e in run['events']),
       'compiles': compiler.count,
       'total_seconds': time.perf_counter() - t_start,
       'steps': num_steps,
@@ -318,6 +335,7 @@ def train(config, workdir: str) -> dict:
       'step_seconds_last': _median(step_times[-tenth:]),
       'pruning_events': run['events'],
       'kept_history': run['kept_history'],
+      'evals': run.get('evals', []),
       'device': (f'{jax.device_count()} x {jax.devices()[0].device_kind} '
                  f'in {jax.process_count()} process(es)'),
       'config': config.to_dict(),
