@@ -54,12 +54,12 @@ from demp_jax import models
 from demp_jax import topology as topo
 from demp_jax.algorithms import ap as ap_lib
 from demp_jax.algorithms import create_updater_from_config
-from demp_jax.algorithms import masked
 from demp_jax.algorithms import scores as sc
 from demp_jax.algorithms.base import PruneContext
 from demp_jax.data import (augment as augment_lib, held_batches, load_dataset,
                            normalize, train_batches)
 from demp_jax.training import optim
+from demp_jax.training import parallel
 from demp_jax.training.loop import evaluate, init_variables
 from demp_jax.training.steps import TrainState, make_train_step
 
@@ -95,9 +95,30 @@ def weight_sparsity(masks: Any, params: Any) -> float:
   return 1.0 - ones / max(total, 1)
 
 
+def start_round(tx, start: dict, masks: Any,
+                dp: parallel.DataParallel | None = None
+                ) -> tuple[TrainState, dict]:
+  """The rewind: ``(train state, theta_0)`` for a round from the variables
+  ``start`` under ``masks``.
+
+  ``theta_0 = start ⊙ m`` (params masked; other collections as they are);
+  the train state holds a copy of it (the train step donates its state),
+  step 0 and a fresh optimiser state ``tx.init(theta_0)`` with the masks:
+  no moment or count from an earlier round survives. With ``dp`` the state
+  is replicated over its devices.
+  """
+  theta0 = {**start, 'params': topo.apply_masks(start['params'], masks)}
+  opt_state = tx.init(theta0['params'])._replace(masks=masks)
+  state = TrainState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, theta0),
+                     opt_state)
+  return (state if dp is None else dp.replicate(state)), theta0
+
+
 def run_cycles(config, workdir: str) -> dict:
   """Runs the configured rounds; returns the summary it writes to
   ``workdir/summary.json``."""
+  parallel.maybe_initialize_distributed(config)
+  dp = parallel.DataParallel()
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   cyc = config.cycles
@@ -134,9 +155,18 @@ def run_cycles(config, workdir: str) -> dict:
   score_src = _split(splits, str(cyc.get('score_split', 'train')),
                      'score_split')
   dnr_src = _split(splits, str(cyc.get('dnr_split', 'test')), 'dnr_split')
-  dnr_images, _ = held_batches(dnr_src, n_probe, b_probe, seed=seed + 17)
-  dnr_images = normalize(jnp.asarray(dnr_images), mean, std)
-  batches = train_batches(splits.train, int(config.batch_size), seed)
+  b_probe -= b_probe % dp.num_devices
+
+  def held(src, s):
+    return dp.shard_held(held_batches(
+        src, n_probe, b_probe, seed=s, process_index=dp.process_index,
+        process_count=dp.process_count))
+
+  dnr_images, _ = held(dnr_src, seed + 17)
+  dnr_images = normalize(dnr_images, mean, std)
+  dp.check_batch(int(config.batch_size), 'config.batch_size')
+  batches = train_batches(splits.train, int(config.batch_size), seed, 0,
+                          dp.process_index, dp.process_count)
   key = jax.random.PRNGKey(seed + 1)
   progress = bool(config.get('progress', True))
   eval_bs = int(config.get('eval_batch_size', 1000))
@@ -146,21 +176,18 @@ def run_cycles(config, workdir: str) -> dict:
   records = []
   step = 0
   for r in range(rounds + 1):
-    theta0 = {**start, 'params': topo.apply_masks(start['params'], masks)}
-    opt_state = tx.init(theta0['params'])._replace(masks=masks)
-    state = TrainState(jnp.zeros([], jnp.int32),
-                       jax.tree.map(jnp.copy, theta0), opt_state)
+    state, theta0 = start_round(tx, start, masks, dp)
     t0 = time.perf_counter()
-    loss = float('nan')
     for _ in range(steps):
-      images, labels = next(batches)
+      images, labels = dp.shard_batch(next(batches))
       state, metrics = step_fn(state, images, labels,
                                jax.random.fold_in(key, step))
       step += 1
     loss = float(metrics['loss'])
     masks = state.opt_state.masks  # the state (and its masks) was donated
     train_seconds = time.perf_counter() - t0
-    test = evaluate(model, state.variables, splits.test, eval_bs, mean, std)
+    test = evaluate(model, state.variables, splits.test, eval_bs, mean, std,
+                    dp)
     alive = sc.alive_units(topology, state.opt_state)
     rates = ap_lib.dead_rates(model, state.variables, dnr_images, alive)
     params = state.variables['params']
@@ -174,11 +201,9 @@ def run_cycles(config, workdir: str) -> dict:
            'max_masked_abs': _max_masked(params, masks),
            'train_seconds': train_seconds}
     if r < rounds:
-      images, labels = held_batches(score_src, n_probe, b_probe,
-                                    seed=seed * 1_000_003 + r)
+      images, labels = held(score_src, seed * 1_000_003 + r)
       ctx = PruneContext(step, model, state.variables, state.opt_state,
-                         input_shape, normalize(jnp.asarray(images), mean,
-                                                std), jnp.asarray(labels))
+                         input_shape, normalize(images, mean, std), labels)
       t1 = time.perf_counter()
       if callable(getattr(updater, 'prune_round_info', None)):
         masks, info = updater.prune_round_info(ctx, masks, rate,
@@ -189,7 +214,7 @@ def run_cycles(config, workdir: str) -> dict:
       if rewind == 'reinit':
         start = init_variables(model, seed + 1000 * (r + 1), input_shape)
     records.append(rec)
-    if progress:
+    if progress and dp.process_index == 0:
       print(f'round {r}: sparsity {rec["weight_sparsity"]:.4f} test acc '
             f'{rec["test_accuracy"]:.4f} dynamic dead rate '
             f'{rec["dynamic_dead_rate"]:.4f} (live units '
@@ -210,11 +235,15 @@ def run_cycles(config, workdir: str) -> dict:
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       'config': config.to_dict(),
   }
-  path = os.path.join(workdir, 'summary.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(summary, f, indent=2, default=str)
-  os.replace(path + '.tmp', path)
+  parallel.on_main(_write_json, os.path.join(workdir, 'summary.json'),
+                   summary)
   return summary
+
+
+def _write_json(path: str, obj: dict) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(path + '.tmp', path)
 
 
 def _max_masked(params: Any, masks: Any) -> float:

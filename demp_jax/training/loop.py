@@ -43,8 +43,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def init_variables(model, seed: int, input_shape) -> dict:
+  """The model's variables (no sown activations), initialised under jit."""
   x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(seed), x, train=False)
+  init = jax.jit(lambda key: model.init(key, x, train=False))
+  variables = init(jax.random.PRNGKey(seed))
   return {k: v for k, v in variables.items() if k != 'activations'}
 
 
@@ -183,6 +185,7 @@ def train(config, workdir: str) -> dict:
                          state.opt_state._replace(masks=masks))
       event['active_params'] = flops_lib.count_active(
           masks, state.variables['params'])
+      event.update(updater.event_metrics(ctx, masks))
     if ctx._stats is not None:
       event['dead_found'] = {k: int(np.sum(np.asarray(s.dead)))
                              for k, s in ctx._stats.items()}

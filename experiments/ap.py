@@ -1,0 +1,42 @@
+"""Iterative pruning with rewinding (AP or a base pruner alone); writes
+WORKDIR/summary.json with one record per round.
+
+    python -m experiments.ap --config configs/fashion_mnist_ap.py \
+        --workdir runs/ap [--config.a.b=value ...]
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from demp_jax.training import cycles
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    summary = cycles.run_cycles(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(f'\nsummary ({_WORKDIR.value}/summary.json): '
+        f'{summary["algorithm"]} base={summary["base"]} '
+        f'ap_rate={summary["ap_rate"]}')
+  print('round  sparsity  test_acc  dyn_dead_rate  dyn_dead_rate_live  '
+        'dead_units')
+  for r in summary['rounds']:
+    print(f'{r["round"]:>5}  {r["weight_sparsity"]:8.4f}  '
+          f'{r["test_accuracy"]:8.4f}  {r["dynamic_dead_rate"]:13.4f}  '
+          f'{r["dynamic_dead_rate_live"]:18.4f}  {r["dead_units"]:>10}')
+
+
+if __name__ == '__main__':
+  app.run(main)
