@@ -3,9 +3,13 @@
 Uses ``tfds.data_source(..., download=False)`` (array_record files), so it
 never touches the network: a dataset that is not prepared in ``data_dir``
 is an error that names the dataset, the directory and how to prepare it.
+Small datasets (MNIST, Fashion-MNIST, CIFAR) are read whole into an
+:class:`~demp_jax.data.arrays.ArrayDataset`; ImageNet stays on disk and is
+decoded per batch (:mod:`demp_jax.data.imagenet`).
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import Optional
 
@@ -13,49 +17,135 @@ import numpy as np
 
 from demp_jax.data.arrays import ArrayDataset
 
+# The library's split names ('train', 'test') -> the tfds split names.
+SPLIT_NAMES = {'imagenet2012': {'train': 'train', 'test': 'validation'}}
+
+# What each dataset needs beyond `tfds build` on a machine with internet.
+_MANUAL = {
+    'imagenet2012': (
+        'imagenet2012 cannot be downloaded automatically: register at '
+        'https://image-net.org/download-images, download '
+        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (~150 GB) into '
+        'a directory MANUAL and add `--manual_dir=MANUAL` to the command. '),
+}
+
 
 def _tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        'reading a tfds data_dir needs tensorflow-datasets: '
-        'pip install -e ".[tfds]"') from e
+        'reading a tfds data_dir needs tensorflow-datasets (TensorFlow is not '
+        'needed): pip install -e ".[tfds]"') from e
   return tfds
 
 
+def default_data_dir() -> str:
+  return os.environ.get('TFDS_DATA_DIR',
+                        os.path.expanduser('~/tensorflow_datasets'))
+
+
+def _tfrecord_files(name: str, data_dir: str) -> list[str]:
+  return glob.glob(os.path.join(data_dir, name, '**', '*.tfrecord*'),
+                   recursive=True)
+
+
 def prepare_hint(name: str, data_dir: Optional[str]) -> str:
-  where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-  return (f'tfds dataset {name!r} is not prepared in data_dir {where!r}. '
-          f'Prepare it once on a machine with internet access and '
-          f'tensorflow installed: `python -c "import tensorflow_datasets as '
-          f"tfds; tfds.builder('{name}', data_dir='{where}', "
-          f"file_format='array_record').download_and_prepare()\"`, then copy "
-          f'the directory here. This library never downloads (download=False).')
+  """How to make ``name`` readable from ``data_dir``, as one message.
+
+  Covers the three usual causes: the dataset was never prepared there, it
+  was prepared in the tfrecord format (which has no random access), or it
+  lives elsewhere (``TFDS_DATA_DIR`` / ``config.dataset.data_dir``).
+  """
+  where = data_dir or default_data_dir()
+  found = _tfrecord_files(name, where) if os.path.isdir(where) else []
+  if found:
+    version_dir = os.path.dirname(found[0])
+    return (
+        f'tfds dataset {name!r} in data_dir {where!r} is prepared as '
+        'tfrecord files, which have no random access. Convert it once (no '
+        'internet needed, TensorFlow needed): `tfds convert_format '
+        f'--dataset_version_dir={version_dir} --out_file_format=array_record`'
+        ' and point config.dataset.data_dir at the converted copy, or '
+        're-prepare with --file_format=array_record.')
+  return (
+      f'tfds dataset {name!r} is not prepared (as array_record) in data_dir '
+      f'{where!r} (set by config.dataset.data_dir, else $TFDS_DATA_DIR, else '
+      '~/tensorflow_datasets). Prepare it once on a machine with internet '
+      'access: `pip install tensorflow tensorflow-datasets` then '
+      f'`tfds build {name} --data_dir={where} --file_format=array_record`. '
+      + _MANUAL.get(name, '') +
+      'Copy the resulting directory here; reading it needs only '
+      'tensorflow-datasets, array-record and pillow (no TensorFlow). This '
+      'library never downloads (download=False).')
 
 
-def data_source(name: str, data_dir: Optional[str], split: str):
-  """``tfds.data_source`` with ``download=False`` and a clear error."""
+def split_name(name: str, split: str) -> str:
+  return SPLIT_NAMES.get(name, {}).get(split, split)
+
+
+def data_source(name: str, data_dir: Optional[str], split: str,
+                raw_images: bool = False):
+  """``tfds.data_source`` with ``download=False`` and a clear error.
+
+  ``split`` is the library's name ('train' / 'test'; mapped through
+  :data:`SPLIT_NAMES`) or any tfds split string. ``raw_images=True`` skips
+  the image decoding (``tfds.decode.SkipDecoding``), so records carry the
+  encoded bytes; callers must handle decoded arrays too (the fallback when
+  skipping is not possible, e.g. under ``tfds.testing.mock_data``).
+  """
   tfds = _tfds()
   if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(f'tfds data_dir {data_dir!r} does not exist. '
-                            + prepare_hint(name, data_dir))
+    raise FileNotFoundError(f'config.dataset.data_dir={data_dir!r} does not '
+                            'exist. ' + prepare_hint(name, data_dir))
+  kwargs = dict(split=split_name(name, split), data_dir=data_dir,
+                download=False)
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir,
-                            download=False)
+    src = tfds.data_source(name, **kwargs)
   except Exception as e:  # tfds raises several types for a missing dataset
     raise FileNotFoundError(prepare_hint(name, data_dir) +
                             f' (tfds said: {type(e).__name__}: {e})') from e
+  if raw_images:
+    try:
+      raw = tfds.data_source(
+          name, decoders={'image': tfds.decode.SkipDecoding()}, **kwargs)
+      if len(raw):
+        raw[0]  # pylint: disable=pointless-statement
+      return raw
+    except Exception:  # pylint: disable=broad-except
+      pass  # decoded records; ImageNetSource accepts arrays as well
+  return src
 
 
-def load_arrays(name: str, data_dir: Optional[str], split: str
-                ) -> ArrayDataset:
-  """All of ``split`` as uint8 images ``[N, H, W, C]`` and int32 labels."""
+def read_records(src, keys) -> list:
+  """``src[k]`` for each of ``keys``, batched through ``__getitems__`` where
+  the source has a working one (array_record reads a batch in parallel;
+  the data source of ``tfds.testing.mock_data`` has an unbound one)."""
+  keys = [int(k) for k in keys]
+  getitems = getattr(src, '__getitems__', None)
+  if getitems is not None and keys:
+    try:
+      return list(getitems(keys))
+    except TypeError:
+      pass
+  return [src[k] for k in keys]
+
+
+def load_arrays(name: str, data_dir: Optional[str], split: str,
+                label_key: str = 'label') -> ArrayDataset:
+  """All of ``split`` as uint8 images ``[N, H, W, C]`` and int32 labels
+  (``label_key``: e.g. ``'coarse_label'`` for CIFAR-100's 20 classes)."""
   src = data_source(name, data_dir, split)
   n = len(src)
-  records = src.__getitems__(list(range(n)))
+  if n == 0:
+    raise ValueError(f'tfds dataset {name!r} split {split!r} in '
+                     f'{data_dir or default_data_dir()!r} is empty')
+  records = read_records(src, range(n))
+  if label_key not in records[0]:
+    raise KeyError(f'tfds dataset {name!r} has no {label_key!r} feature; it '
+                   f'has {sorted(records[0])}')
   images = np.stack([np.asarray(r['image'], np.uint8) for r in records])
   if images.ndim == 3:
     images = images[..., None]
-  labels = np.asarray([r['label'] for r in records], np.int32)
+  labels = np.asarray([r[label_key] for r in records], np.int32)
   return ArrayDataset(images, labels)

@@ -1,0 +1,115 @@
+"""tfds data_dirs read without TensorFlow, with ``tfds.testing.mock_data``
+(no data on disk) and with real, empty or tfrecord-format directories."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip('tensorflow_datasets')
+
+from demp_jax.data import (NORMALIZATION, load_dataset,  # noqa: E402
+                           train_batches)
+from demp_jax.data import tfds_source  # noqa: E402
+
+
+@pytest.mark.parametrize('name,shape,classes', [
+    ('cifar10', (32, 32, 3), 10), ('cifar100', (32, 32, 3), 100),
+    ('mnist', (28, 28, 1), 10), ('fashion_mnist', (28, 28, 1), 10)])
+def test_mock_data_through_load_dataset(name, shape, classes):
+  with tfds.testing.mock_data(num_examples=24):
+    splits = load_dataset({'name': name, 'source': 'tfds', 'holdout': 4,
+                           'test_subset': 10})
+  assert splits.train.images.shape == (20,) + shape
+  assert splits.train.images.dtype == np.uint8
+  assert splits.train.labels.dtype == np.int32
+  assert (len(splits.holdout), len(splits.test)) == (4, 10)
+  assert splits.num_classes == classes
+  assert splits.train.labels.max() < classes
+  assert splits.mean == NORMALIZATION[name][0]
+  x, y = next(train_batches(splits.train, 8, seed=0))
+  assert x.shape == (8,) + shape and y.shape == (8,)
+
+
+def test_mock_cifar100_coarse_labels():
+  with tfds.testing.mock_data(num_examples=40):
+    fine = load_dataset({'name': 'cifar100', 'source': 'tfds'})
+    coarse = load_dataset({'name': 'cifar100', 'source': 'tfds',
+                           'label_mode': 'coarse'})
+  assert coarse.num_classes == 20 and coarse.train.labels.max() < 20
+  assert fine.train.labels.max() >= 20  # 40 draws of 100 classes
+  np.testing.assert_array_equal(fine.train.images, coarse.train.images)
+
+
+def test_read_records_batches_or_falls_back():
+  class Batched:
+    def __init__(self):
+      self.calls = []
+
+    def __getitem__(self, k):
+      return {'k': k}
+
+    def __getitems__(self, keys):
+      self.calls.append(list(keys))
+      return [{'k': k} for k in keys]
+
+  b = Batched()
+  assert tfds_source.read_records(b, np.array([3, 1])) == [{'k': 3},
+                                                           {'k': 1}]
+  assert b.calls == [[3, 1]]
+  assert tfds_source.read_records([{'k': 0}, {'k': 1}], [1]) == [{'k': 1}]
+
+
+def test_missing_dataset_is_fast_and_explains(tmp_path):
+  t0 = time.perf_counter()
+  with pytest.raises(FileNotFoundError) as e:
+    load_dataset({'name': 'cifar10', 'source': 'tfds',
+                  'data_dir': str(tmp_path)})
+  assert time.perf_counter() - t0 < 30  # a download attempt takes ~200 s
+  msg = str(e.value)
+  for part in ("'cifar10'", str(tmp_path), 'tfds build cifar10',
+               '--file_format=array_record', 'download=False'):
+    assert part in msg, part
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    load_dataset({'name': 'mnist', 'source': 'tfds',
+                  'data_dir': str(tmp_path / 'nope')})
+
+
+def test_imagenet_hint_mentions_the_manual_download(tmp_path):
+  with pytest.raises(FileNotFoundError) as e:
+    load_dataset({'name': 'imagenet2012', 'data_dir': str(tmp_path)})
+  msg = str(e.value)
+  assert 'ILSVRC2012_img_train.tar' in msg and '--manual_dir' in msg
+  assert 'tfds build imagenet2012' in msg
+
+
+def test_tfrecord_preparation_gets_the_convert_hint(tmp_path):
+  version_dir = tmp_path / 'cifar10' / '3.0.2'
+  version_dir.mkdir(parents=True)
+  (version_dir / 'cifar10-train.tfrecord-00000-of-00001').write_bytes(b'')
+  hint = tfds_source.prepare_hint('cifar10', str(tmp_path))
+  assert 'tfds convert_format' in hint and str(version_dir) in hint
+  assert '--out_file_format=array_record' in hint
+
+
+def test_default_data_dir_follows_the_env(monkeypatch, tmp_path):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  assert tfds_source.default_data_dir() == str(tmp_path)
+  assert str(tmp_path) in tfds_source.prepare_hint('mnist', None)
+  assert tfds_source.split_name('imagenet2012', 'test') == 'validation'
+  assert tfds_source.split_name('cifar10', 'test') == 'test'
+
+
+def test_no_import_time_work():
+  """Importing the data package must not import tfds or PIL."""
+  import subprocess
+  import sys
+  code = ('import sys, demp_jax.data, demp_jax.data.cifar, '
+          'demp_jax.data.imagenet, demp_jax.data.synthetic, '
+          'demp_jax.data.tfds_source; '
+          "print(any(m.split('.')[0] in ('tensorflow_datasets', 'PIL', "
+          "'tensorflow') for m in sys.modules))")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True, cwd=os.path.dirname(
+                           os.path.dirname(__file__)))
+  assert out.stdout.strip() == 'False'
