@@ -105,9 +105,11 @@ def test_noise_is_sigma_times_folded_normal_on_live_entries():
   out, state = tx.update(zero, state, params, live_mask=live)
   out2, _ = tx.update(zero, state, params, live_mask=live)
   leaves, _ = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(7), 0),
-                          len(leaves))
-  want = [sigma * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+  sizes = [p.size for p in leaves]
+  xi = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(7), 0),
+                         (sum(sizes),))
+  splits = np.split(np.asarray(xi), np.cumsum(sizes)[:-1])
+  want = [sigma * x.reshape(p.shape) for x, p in zip(splits, leaves)]
   got = jax.tree.leaves(out)
   # order of leaves: bn/bias, bn/scale, dense/kernel
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)

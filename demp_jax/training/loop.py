@@ -28,7 +28,7 @@ from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms.base import PruneContext
 from demp_jax.data import (augment as augment_lib, eval_batches,
-                           held_batches, load_dataset, normalize,
+                           held_batches, load_dataset, normalize, prefetch,
                            train_batches)
 from demp_jax.training import checkpoint as ckpt_lib
 from demp_jax.training import metrics as metrics_lib
@@ -162,8 +162,9 @@ def train(config, workdir: str) -> dict:
     nonlocal model, state, step_fn, updater, alive
     n, b = updater.held_batches_shape()
     where = getattr(updater, 'probe_split', 'train')
-    source = {'train': splits.train, 'holdout': splits.holdout,
-              'test': splits.test}[where]
+    # train_eval: training images with eval preprocessing (ImageNet crops)
+    source = {'train': getattr(splits, 'train_eval', None) or splits.train,
+              'holdout': splits.holdout, 'test': splits.test}[where]
     if source is None:
       raise ValueError(f'{type(updater).__name__} probes a held-out split: '
                        'set config.dataset.holdout to a number of examples')
@@ -230,8 +231,9 @@ def train(config, workdir: str) -> dict:
         save(step)
     run['events'].append(event)
 
-  batches = train_batches(splits.train, batch_size, int(config.seed), start,
-                          dp.process_index, dp.process_count)
+  batches = prefetch(train_batches(splits.train, batch_size,
+                                   int(config.seed), start, dp.process_index,
+                                   dp.process_count), 2)
   sample = (*dp.shard_batch(next(train_batches(
       splits.train, batch_size, int(config.seed), 0, dp.process_index,
       dp.process_count))), key)
@@ -255,6 +257,7 @@ def train(config, workdir: str) -> dict:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       progress.close()
+      batches.close()
       last = run['last_good']
       msg = (f'loss is {loss} at step {step}; the run stopped. ' +
              (f'The last good checkpoint is step {last} in {ckpt.directory}.'
@@ -296,6 +299,7 @@ def train(config, workdir: str) -> dict:
                            acc=f'{float(metrics["accuracy"]):.3f}',
                            units=live, refresh=False)
   progress.close()
+  batches.close()
   if updater.prunes_at_end() and start < num_steps:
     prune(num_steps)
   train_seconds = time.perf_counter() - t_loop - eval_seconds
