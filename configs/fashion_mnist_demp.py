@@ -55,7 +55,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
 
   s = c.sparsity_config = ml_collections.ConfigDict()
   s.algorithm = 'demp'
-  s.reg_peak = 2e-3
+  s.reg_peak = 5e-2
   s.reg_span = (c.get_ref('num_steps') * 9) // 10
   s.regularizer = 'l1'
   s.noise_peak = 5e-5
@@ -66,7 +66,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   s.epsilon = 0.0
   s.min_width = 1
   s.fold_constants = True
-  s.constant_tol = 1e-2
+  s.constant_tol = 0.1
 
   if config_string == 'tiny':
     c.num_steps = 30

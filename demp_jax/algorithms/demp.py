@@ -63,7 +63,7 @@ class DemonPruning(base.BaseUpdater):
   epsilon: float = 0.0
   min_width: int = 1
   fold_constants: bool = True
-  constant_tol: float = 1e-2
+  constant_tol: float = 0.1
 
   def __post_init__(self):
     if self.regularizer not in transforms.REGULARIZERS:
