@@ -5,8 +5,13 @@ import dataclasses
 import difflib
 from typing import Any, Mapping
 
+from demp_jax.algorithms import ap
 from demp_jax.algorithms import base
 from demp_jax.algorithms import demp
+from demp_jax.algorithms import jaxpruner_adapter
+from demp_jax.algorithms import magnitude
+from demp_jax.algorithms import stripping
+from demp_jax.algorithms import structured
 
 # JaxPruner's own config keys; consumed by the algorithms that define them.
 JAXPRUNER_KEYS = ('sparsity', 'dist_type', 'update_freq', 'update_start_step',
@@ -15,7 +20,12 @@ JAXPRUNER_KEYS = ('sparsity', 'dist_type', 'update_freq', 'update_start_step',
 
 
 def default_registry() -> dict[str, type]:
-  return {'no_prune': base.NoPruning, 'demp': demp.DemonPruning}
+  """The built-in algorithms. The ``jaxpruner_*`` names and ``demp_rigl``
+  are always listed; they import the optional jaxpruner package when built
+  and raise an error with the install line when it is absent."""
+  return {'no_prune': base.NoPruning, 'demp': demp.DemonPruning,
+          **structured.ALGORITHMS, **jaxpruner_adapter.ALGORITHMS,
+          **magnitude.ALGORITHMS, **stripping.ALGORITHMS, **ap.ALGORITHMS}
 
 
 ALGORITHM_REGISTRY: dict[str, type] = default_registry()
@@ -33,7 +43,10 @@ def all_algorithm_names() -> list[str]:
 
 
 def _fields(cls: type) -> set[str]:
-  return {f.name for f in dataclasses.fields(cls) if f.init}
+  """Config keys of a dataclass: its init fields, except those marked
+  ``metadata={'config': False}`` (Python-side state such as trackers)."""
+  return {f.name for f in dataclasses.fields(cls)
+          if f.init and f.metadata.get('config', True)}
 
 
 def create_updater_from_config(sparsity_config: Mapping[str, Any],
