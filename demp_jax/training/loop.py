@@ -309,6 +309,8 @@ def train(config, workdir: str) -> dict:
                   int(config.get('eval_batch_size', 1000)), mean, std, dp)
 
   params_final = flops_lib.count_params(state.variables['params'])
+  zeros = sum(int(np.sum(np.asarray(p) == 0))
+              for p in jax.tree.leaves(state.variables['params']))
   units_final = int(sum(int(v.sum()) for v in alive.values()))
   flops_final = flops_lib.forward_flops(model, state.variables, input_shape)
   tenth = max(1, len(step_times) // 10)
@@ -325,6 +327,8 @@ def train(config, workdir: str) -> dict:
       'units_final': units_final,
       'neuron_sparsity': 1.0 - units_final / run['units_initial'],
       'param_sparsity': 1.0 - params_final / run['params_initial'],
+      # JaxPruner's _total_sparsity: exact zeros among the params kept
+      'param_zero_fraction': zeros / max(params_final, 1),
       'flops_initial': run['flops_initial'],
       'flops_final': flops_final,
       'widths_final': dict(zip(names, map(int, model.widths))),
