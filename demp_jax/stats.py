@@ -13,6 +13,11 @@ for every unit ``i`` of every group (activation ``a`` of shape
 * ``mean_abs``: mean ``|a_i|`` over examples and positions.
 * ``dormancy``: the tau-dormant score ``mean_abs_i / mean_j mean_abs_j``
   within the group (ReDo); a unit is tau-dormant if it is ``<= tau``.
+* ``min``, ``max``: the smallest and largest ``a_i`` over all batches,
+  examples and positions. :func:`constant_outputs` reads them: a unit whose
+  output does not move (``max - min`` within a tolerance) is *constant* on
+  the data, and :func:`demp_jax.surgery.shrink` can remove it without
+  changing the function by folding the constant into its consumers.
 
 With batches sharded over devices (``NamedSharding``) the sums inside the
 jitted pass are global: XLA reduces them across devices and hosts before
@@ -27,6 +32,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class UnitStats(NamedTuple):
@@ -34,6 +40,8 @@ class UnitStats(NamedTuple):
   apoz: jax.Array      # float32[n] in [0, 1]
   mean_abs: jax.Array  # float32[n]
   dormancy: jax.Array  # float32[n]
+  min: jax.Array       # float32[n]: min over batches, examples, positions
+  max: jax.Array       # float32[n]: max over batches, examples, positions
 
 
 def sown_activations(model: nn.Module, variables: Mapping[str, Any],
@@ -54,29 +62,33 @@ def _stats(model: nn.Module, variables: Mapping[str, Any], batches: jax.Array,
   def init(a):
     n = a.shape[-1]
     return (jnp.ones((n,), bool), jnp.zeros((n,), jnp.float32),
-            jnp.zeros((n,), jnp.float32))
+            jnp.zeros((n,), jnp.float32), jnp.full((n,), jnp.inf, jnp.float32),
+            jnp.full((n,), -jnp.inf, jnp.float32))
 
   def body(carry, x):
     _, acts = sown_activations(model, variables, x)
     new = {}
-    for name, (dead, zeros, abs_sum) in carry.items():
+    for name, (dead, zeros, abs_sum, lo, hi) in carry.items():
       a = acts[name].astype(jnp.float32)
       axes = tuple(range(a.ndim - 1))
       s = jnp.sum(jnp.abs(a), axis=axes)
       new[name] = (dead & (s <= epsilon),
                    zeros + jnp.sum(a == 0, axis=axes).astype(jnp.float32),
-                   abs_sum + s)
+                   abs_sum + s,
+                   jnp.minimum(lo, jnp.min(a, axis=axes)),
+                   jnp.maximum(hi, jnp.max(a, axis=axes)))
     return new, None
 
   carry = {k: init(v) for k, v in probe.items()}
   carry, _ = jax.lax.scan(body, carry, batches)
   out = {}
-  for name, (dead, zeros, abs_sum) in carry.items():
+  for name, (dead, zeros, abs_sum, lo, hi) in carry.items():
     shape = probe[name].shape
     count = float(batches.shape[0] * math.prod(shape[:-1]))
     mean_abs = abs_sum / count
     out[name] = UnitStats(dead=dead, apoz=zeros / count, mean_abs=mean_abs,
-                          dormancy=mean_abs / (jnp.mean(mean_abs) + 1e-9))
+                          dormancy=mean_abs / (jnp.mean(mean_abs) + 1e-9),
+                          min=lo, max=hi)
   return out
 
 
@@ -92,6 +104,51 @@ Args:
 Returns:
   ``{group name: UnitStats}``.
 """
+
+
+def constant_outputs(stats: Mapping[str, Any], tol: float = 1e-6
+                     ) -> dict[str, np.ndarray]:
+  """The constant output of every unit that has one, NaN for the others.
+
+  Unit ``i`` is *constant* on the data when its output range is within a
+  relative tolerance, ``max_i - min_i <= tol * max(1, |min_i|, |max_i|)``;
+  its value is then ``c_i = (min_i + max_i) / 2`` (exactly 0 for a dead
+  ReLU unit; ``ReLU(beta_i)`` for a BatchNorm unit with ``gamma_i = 0``).
+  ``stats[name]`` is anything with ``min`` and ``max`` vectors
+  (:class:`UnitStats`). Returns ``{name: float32[n]}``.
+  """
+  out = {}
+  for name, s in stats.items():
+    lo = np.asarray(s.min, np.float64)
+    hi = np.asarray(s.max, np.float64)
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    lo, hi = np.where(finite, lo, 0.0), np.where(finite, hi, 0.0)
+    scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+    const = finite & (hi - lo <= tol * scale)
+    out[name] = np.where(const, 0.5 * (lo + hi), np.nan).astype(np.float32)
+  return out
+
+
+class Range(NamedTuple):
+  """Per-unit output range: ``min``, ``max`` of shape ``[n]``."""
+  min: jax.Array
+  max: jax.Array
+
+
+def activation_range(model: nn.Module, variables: Mapping[str, Any],
+                     x: jax.Array) -> tuple[jax.Array, dict[str, Range]]:
+  """Eval-mode logits and per-unit ``min``/``max`` of every sown activation
+  on one batch ``x`` (one forward pass, not jitted).
+
+  Returns ``(logits, {name: Range(min, max)})``; the ranges are the input of
+  :func:`constant_outputs`.
+  """
+  logits, acts = sown_activations(model, variables, x)
+  ranges = {}
+  for name, a in acts.items():
+    axes = tuple(range(a.ndim - 1))
+    ranges[name] = Range(jnp.min(a, axis=axes), jnp.max(a, axis=axes))
+  return logits, ranges
 
 
 def dead_fraction(stats: Mapping[str, UnitStats]) -> float:

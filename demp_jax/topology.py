@@ -14,6 +14,17 @@ topology lists every variable leaf that carries the group's unit axis:
   NHWC order before a dense layer, the consumer's input axis has length
   ``tile * n`` and unit ``c`` owns the positions ``p * n + c`` for
   ``p < tile`` (channel fastest), so ``tile`` = H*W at the flatten.
+* ``kind='index'`` references describe integer gather maps kept in a
+  non-trainable collection, e.g. a residual block's identity shortcut
+  ``s[..., j] = x[..., idx[j]]`` (``idx[j] = -1``: zero). The map is
+  *produced* by the block's output group (its entries are sliced with the
+  output units) and *consumed* by the block's input group (its values are
+  unit indices of that group and are renumbered when units go, a removed
+  unit becoming -1). So every block keeps its own subset of residual-stream
+  channels.
+* ``fold`` on a consumer reference says where the contribution of a
+  *constant* input unit goes when the unit is removed (see
+  :class:`FoldRef` and :func:`demp_jax.surgery.fold_into_consumers`).
 
 Statistics, masks, noise, surgery and FLOP counts all read this one
 description, so a new architecture is supported by describing it once.
@@ -24,7 +35,7 @@ Paths are tuples of dict keys inside one variable collection, e.g.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +45,37 @@ Path = tuple[str, ...]
 LeafKey = tuple[str, Path]  # (collection, path)
 
 MASK_DTYPE = jnp.uint8
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldRef:
+  """Where a consumer absorbs the contribution of removed constant inputs.
+
+  If input unit ``i`` of a consumer outputs the constant ``c_i`` on the data,
+  removing it takes ``delta[o] = sum_i c_i * sum_pos K[pos, i, o]`` out of the
+  consumer's pre-activation output ``o`` (``K`` the consumer kernel with its
+  output axis last, ``pos`` its spatial taps and, after a flatten, the
+  ``tile`` positions). The fold adds ``sign * delta`` to the leaf named here:
+
+  * the consumer's bias, ``sign = +1`` (exact for dense layers, 1x1 and VALID
+    convs; for a zero-padded spatial conv exact away from the border, where
+    fewer taps see the image);
+  * the running mean of the BatchNorm right after a bias-free consumer,
+    ``sign = -1`` (exact in eval mode; in train mode a per-channel shift is
+    removed by the batch mean anyway).
+
+  For an ``'index'`` consumer (a shortcut gather ``s[j] = x[idx[j]]``),
+  ``delta[j] = c_{idx[j]}`` and the target is a vector over the gather's
+  entries that is added right where the gathered value is (e.g. the offset of
+  the block's last BatchNorm, before the residual add).
+  """
+  collection: str
+  path: Path
+  sign: float = 1.0
+
+  @property
+  def key(self) -> LeafKey:
+    return (self.collection, self.path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +90,18 @@ class AxisRef:
       positions; the axis then has length ``tile * n`` with the unit fastest.
     kind: ``'axis'`` for an ordinary array axis; ``'index'`` for an integer
       array whose *values* are unit indices of the group (a gather map such
-      as a residual shortcut selection), where ``-1`` means "no unit".
+      as a residual shortcut selection), where ``-1`` means "no unit". As a
+      ``produces`` reference its ``axis`` is sliced like any unit axis; as a
+      ``consumes`` reference its values are renumbered.
+    fold: for a ``consumes`` reference, where removed constant inputs are
+      folded (``None``: the consumer cannot absorb them).
   """
   collection: str
   path: Path
   axis: int = -1
   tile: int = 1
   kind: str = 'axis'
+  fold: Optional[FoldRef] = None
 
   @property
   def key(self) -> LeafKey:
@@ -124,11 +171,21 @@ class UnitTopology:
                 f'unit group {g.name!r} {role} {ref}, but the model variables '
                 f'have no leaf {ref.collection}/{"/".join(ref.path)}')
           shape = np.shape(leaf)
+          if ref.fold is not None:
+            _validate_fold(variables, g, ref, shape)
           if ref.kind == 'index':
             if role == 'produces' and shape[ref.axis] != g.size:
               raise ValueError(
                   f'unit group {g.name!r}: index leaf {ref} has shape {shape}, '
                   f'expected {g.size} entries')
+            if role == 'consumes' and _concrete(leaf):
+              values = np.asarray(leaf)
+              if values.size and (values.min() < -1 or
+                                  values.max() >= g.size):
+                raise ValueError(
+                    f'unit group {g.name!r} ({g.size} units) consumes index '
+                    f'leaf {ref}, whose values span [{values.min()}, '
+                    f'{values.max()}]: they must lie in [-1, {g.size})')
             continue
           want = g.size * ref.tile
           if shape[ref.axis] != want:
@@ -136,6 +193,31 @@ class UnitTopology:
                 f'unit group {g.name!r} ({g.size} units, tile {ref.tile}) '
                 f'{role} {ref}, but that leaf has shape {shape}: axis '
                 f'{ref.axis} should have length {want}')
+
+
+def _concrete(x: Any) -> bool:
+  """An array with values (not a tracer or a ``ShapeDtypeStruct``)."""
+  return (isinstance(x, (np.ndarray, jax.Array)) and
+          not isinstance(x, jax.core.Tracer))
+
+
+def _validate_fold(variables: Mapping[str, Any], g: UnitGroup, ref: AxisRef,
+                   shape: tuple[int, ...]) -> None:
+  target = get_leaf(variables, ref.fold.key)
+  where = f'unit group {g.name!r} consumer {ref} folds into ' + '/'.join(
+      (ref.fold.collection,) + ref.fold.path)
+  if target is None:
+    raise ValueError(f'{where}, but the model variables have no such leaf')
+  if ref.kind == 'index':
+    want = int(np.prod(shape))
+  else:
+    if ref.axis % len(shape) == len(shape) - 1:
+      raise ValueError(f'{where}, but the unit axis is the kernel\'s last '
+                       '(output) axis')
+    want = shape[-1]
+  if np.shape(target) != (want,):
+    raise ValueError(f'{where} of shape {np.shape(target)}; expected '
+                     f'({want},)')
 
 
 # ---------------------------------------------------------------- tree access
@@ -224,22 +306,43 @@ def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
   produce a dead unit at "no unit" (-1). Running statistics are untouched:
   with scale and offset zero a normalised unit outputs 0 whatever they hold.
   """
-  out = jax.tree.map(lambda x: x, dict(variables))
+  out = dict(variables)
   for g in topology.groups:
     if g.name not in alive:
       continue
-    a = jnp.asarray(alive[g.name]).astype(bool)
+    a = alive[g.name]
     for ref in g.produces:
       if ref.collection != 'params' and ref.kind != 'index':
         continue
       leaf = get_leaf(out, ref.key)
-      if ref.kind == 'index':
-        m = unit_axis_mask(ref, a, leaf.ndim)
-        new = jnp.where(m, leaf, -1)
-      else:
-        new = leaf * unit_axis_mask(ref, a, leaf.ndim).astype(leaf.dtype)
+      if isinstance(leaf, jax.core.Tracer) or isinstance(a, jax.core.Tracer):
+        m = unit_axis_mask(ref, jnp.asarray(a).astype(bool), leaf.ndim)
+        new = (jnp.where(m, leaf, -1) if ref.kind == 'index' else
+               leaf * m.astype(leaf.dtype))
+      else:  # on the host: no compilation for new shapes
+        m = np.asarray(a).astype(bool)
+        if ref.tile > 1:
+          m = np.tile(m, ref.tile)
+        shape = [1] * np.ndim(leaf)
+        shape[ref.axis % np.ndim(leaf)] = m.shape[0]
+        m = m.reshape(shape)
+        value = np.asarray(leaf)
+        new = put_like(np.where(m, value, -1).astype(value.dtype)
+                       if ref.kind == 'index' else
+                       value * m.astype(value.dtype), leaf)
       out = set_leaf(out, ref.key, new)
   return out
+
+
+def put_like(value: np.ndarray, like: Any) -> Any:
+  """A host array as the kind of array ``like`` is: a jax array on
+  ``like``'s sharding where it fits (else the default device), or numpy."""
+  if isinstance(like, jax.Array):
+    try:
+      return jax.device_put(value, like.sharding)
+    except (ValueError, TypeError):
+      return jnp.asarray(value)
+  return value
 
 
 def set_leaf(variables: Mapping[str, Any], key: LeafKey, value: Any) -> dict:

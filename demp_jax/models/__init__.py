@@ -8,15 +8,22 @@ Every model here is a ``flax.linen.Module`` with:
 * ``widths``: one width per unit group, in topology order;
 * ``with_widths(widths)``: the same architecture at other widths;
 * ``unit_topology(input_shape)``: the :class:`demp_jax.topology.UnitTopology`.
+
+Non-trainable index maps (residual shortcut gathers, ViT MLP-output
+scatters) live in the ``'shortcut'`` collection next to ``'params'`` and
+``'batch_stats'``; pass it to ``apply`` like the other collections.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from demp_jax.models.mlp import MLP
-from demp_jax.models.vgg import VGG
+from demp_jax.models.resnet import ResNet, ResNet18, ResNet50
+from demp_jax.models.vgg import VGG, VGG16
+from demp_jax.models.vit import ViT
 
-MODELS = {'mlp': MLP, 'vgg': VGG}
+MODELS = {'mlp': MLP, 'vgg': VGG, 'vgg16': VGG16, 'resnet': ResNet,
+          'resnet18': ResNet18, 'resnet50': ResNet50, 'vit': ViT}
 
 
 def build_model(config: Mapping[str, Any]):
@@ -40,4 +47,5 @@ def build_model(config: Mapping[str, Any]):
   return cls(**cfg)
 
 
-__all__ = ['MLP', 'VGG', 'MODELS', 'build_model']
+__all__ = ['MLP', 'VGG', 'VGG16', 'ResNet', 'ResNet18', 'ResNet50', 'ViT',
+           'MODELS', 'build_model']

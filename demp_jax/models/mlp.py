@@ -26,13 +26,14 @@ class MLP(nn.Module):
     act = layers.activation(self.activation)
     x = x.reshape((x.shape[0], -1))
     for i, w in enumerate(self.widths):
-      x = nn.Dense(w, kernel_init=nn.initializers.he_normal(),
+      x = nn.Dense(w, kernel_init=layers.he_normal(),
                    name=f'dense_{i}')(x)
       if self.use_bn:
         x = layers.batch_norm(train, f'bn_{i}')(x)
       x = act(x)
       self.sow('activations', f'act_{i}', x)
-    return nn.Dense(self.num_classes, name='logits')(x)
+    return nn.Dense(self.num_classes, kernel_init=layers.lecun_normal(),
+                    name='logits')(x)
 
   def with_widths(self, widths: Sequence[int]) -> 'MLP':
     return self.clone(widths=tuple(int(w) for w in widths), parent=None)
@@ -47,17 +48,22 @@ class MLP(nn.Module):
       if self.use_bn:
         produces += norm_refs(f'bn_{i}')
       nxt = f'dense_{i + 1}' if i + 1 < n else 'logits'
+      consumer = topo.AxisRef('params', (nxt, 'kernel'), 0,
+                              fold=topo.FoldRef('params', (nxt, 'bias')))
       groups.append(topo.UnitGroup(
           name=f'act_{i}', size=int(w), produces=tuple(produces),
-          consumes=(topo.AxisRef('params', (nxt, 'kernel'), 0),)))
+          consumes=(consumer,)))
     return topo.UnitTopology(tuple(groups))
 
 
-def norm_refs(name: str, with_stats: bool = True) -> list[topo.AxisRef]:
-  """Scale, offset (and running mean/var) of a flax norm layer ``name``."""
-  refs = [topo.AxisRef('params', (name, 'scale'), -1),
-          topo.AxisRef('params', (name, 'bias'), -1)]
+def norm_refs(name: str | Sequence[str], with_stats: bool = True
+              ) -> list[topo.AxisRef]:
+  """Scale, offset (and running mean/var) of a flax norm layer ``name``
+  (a module name, or the tuple path of a nested one)."""
+  prefix = (name,) if isinstance(name, str) else tuple(name)
+  refs = [topo.AxisRef('params', prefix + ('scale',), -1),
+          topo.AxisRef('params', prefix + ('bias',), -1)]
   if with_stats:
-    refs += [topo.AxisRef('batch_stats', (name, 'mean'), -1),
-             topo.AxisRef('batch_stats', (name, 'var'), -1)]
+    refs += [topo.AxisRef('batch_stats', prefix + ('mean',), -1),
+             topo.AxisRef('batch_stats', prefix + ('var',), -1)]
   return refs

@@ -1,0 +1,149 @@
+"""The small pre-LN ViT: MLP hidden units (and MLP outputs) as unit groups."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from demp_jax import models, stats, surgery
+from demp_jax import topology as topo
+from demp_jax.models import layers
+
+SHAPE = (8, 8, 3)
+
+
+def _init(model):
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), train=False)
+  return {k: x for k, x in v.items() if k != 'activations'}
+
+
+@pytest.fixture(scope='module')
+def vit_out():
+  m = models.ViT(patch_size=4, hidden_size=8, depth=2, num_heads=2,
+                 mlp_dim=6, num_classes=4, activation='relu',
+                 mlp_out_activation=True)
+  return m, _init(m)
+
+
+@pytest.mark.parametrize('act', ['relu', 'gelu'])
+def test_topology_validates_and_names_match_sown(act):
+  m = models.ViT(patch_size=4, hidden_size=8, depth=3, num_heads=2,
+                 mlp_dim=6, num_classes=4, activation=act)
+  v = _init(m)
+  t = m.unit_topology(SHAPE)
+  t.validate(v)
+  assert t.names == ('block_0/mlp/act', 'block_1/mlp/act', 'block_2/mlp/act')
+  assert m.widths == (6, 6, 6)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2,) + SHAPE)
+  logits, acts = stats.sown_activations(m, v, x)
+  assert logits.shape == (2, 4)
+  assert set(acts) == set(t.names)
+  assert acts['block_0/mlp/act'].shape == (2, 5, 6)  # CLS + 2x2 patches
+  if act == 'relu':
+    assert float(jnp.min(acts['block_1/mlp/act'])) >= 0
+  else:
+    assert float(jnp.min(acts['block_1/mlp/act'])) < 0
+
+
+def test_mlp_out_activation_adds_an_independent_group(vit_out):
+  m, v = vit_out
+  t = m.unit_topology(SHAPE)
+  t.validate(v)
+  assert t.names == ('block_0/mlp/act', 'block_0/mlp/out_act',
+                     'block_1/mlp/act', 'block_1/mlp/out_act')
+  assert m.widths == (6, 8, 6, 8)
+  np.testing.assert_array_equal(v['shortcut']['block_0']['mlp']['out_index'],
+                                np.arange(8))
+  # an out group only produces: fc2 columns, bias and the scatter map
+  g = t.group('block_1/mlp/out_act')
+  assert g.consumes == ()
+  assert {r.path[-1] for r in g.produces} == {'kernel', 'bias', 'out_index'}
+
+
+def test_removing_mlp_units_and_outputs_is_exact_on_the_masked_net(vit_out):
+  m, v = vit_out
+  rng = np.random.default_rng(0)
+  t = m.unit_topology(SHAPE)
+  keep = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
+  for k in keep.values():
+    k[rng.integers(k.size)] = True
+  x = jax.random.normal(jax.random.PRNGKey(2), (3,) + SHAPE)
+  res = surgery.shrink(m, v, keep, input_shape=SHAPE, probe=x)
+  assert res.max_masked_diff <= 1e-5
+  assert res.model.widths == tuple(int(keep[n].sum()) for n in t.names)
+  kept = np.flatnonzero(keep['block_0/mlp/out_act'])
+  # the MLP writes its kept outputs to the same stream features as before
+  np.testing.assert_array_equal(
+      res.variables['shortcut']['block_0']['mlp']['out_index'], kept)
+  assert res.variables['params']['block_0']['mlp']['fc2']['kernel'].shape == (
+      int(keep['block_0/mlp/act'].sum()), kept.size)
+
+
+def test_dead_mlp_output_removal_keeps_the_function(vit_out):
+  """An MLP output that is 0 on every token writes nothing to the stream."""
+  m, v = vit_out
+  fc2 = v['params']['block_1']['mlp']['fc2']
+  kernel = np.asarray(fc2['kernel']).copy()
+  bias = np.asarray(fc2['bias']).copy()
+  kernel[:, 3], bias[3] = 0.0, -1.0   # ReLU(-1) = 0 for every input
+  p = topo.set_leaf(v, ('params', ('block_1', 'mlp', 'fc2', 'kernel')),
+                    jnp.asarray(kernel))
+  p = topo.set_leaf(p, ('params', ('block_1', 'mlp', 'fc2', 'bias')),
+                    jnp.asarray(bias))
+  x = jax.random.normal(jax.random.PRNGKey(3), (2,) + SHAPE)
+  keep = {'block_1/mlp/out_act': np.arange(8) != 3}
+  res = surgery.shrink(m, p, keep, input_shape=SHAPE, probe=x)
+  assert res.max_output_change <= 1e-5
+  np.testing.assert_array_equal(
+      res.variables['shortcut']['block_1']['mlp']['out_index'],
+      [0, 1, 2, 4, 5, 6, 7])
+
+
+def test_scatter_channels_places_outputs_and_drops_minus_one():
+  y = jnp.array([[1.0, 2.0, 3.0]])
+  z = layers.scatter_channels(y, jnp.array([4, -1, 0]), 5)
+  np.testing.assert_array_equal(z, [[3.0, 0.0, 0.0, 0.0, 1.0]])
+
+
+def test_with_widths_checks_the_count():
+  m = models.ViT(depth=2, mlp_out_activation=True)
+  assert len(m.widths) == 4
+  with pytest.raises(ValueError, match='4 unit groups'):
+    m.with_widths([3, 3])
+
+
+def test_heads_as_units():
+  m = models.ViT(patch_size=4, hidden_size=6, depth=2, num_heads=3,
+                 mlp_dim=4, num_classes=4, prune_heads=True)
+  v = _init(m)
+  t = m.unit_topology(SHAPE)
+  t.validate(v)
+  assert t.names == ('block_0/attn/heads', 'block_0/mlp/act',
+                     'block_1/attn/heads', 'block_1/mlp/act')
+  assert m.widths == (3, 4, 3, 4)
+  assert v['params']['block_0']['attn']['query']['kernel'].shape == (6, 3, 2)
+  x = jax.random.normal(jax.random.PRNGKey(4), (2,) + SHAPE)
+  _, acts = stats.sown_activations(m, v, x)
+  assert set(acts) == set(t.names)
+  assert acts['block_1/attn/heads'].shape == (2, 5, 2, 3)  # [B, T, d_h, H]
+  # a head whose values are 0 outputs 0: dead, and removing it is exact
+  p = v
+  for leaf in ('kernel', 'bias'):
+    key = ('params', ('block_1', 'attn', 'value', leaf))
+    a = np.asarray(topo.get_leaf(p, key)).copy()
+    a[..., 1, :] = 0.0
+    p = topo.set_leaf(p, key, jnp.asarray(a))
+  s = stats.saturation_stats(m, p, x[None], 0.0)
+  np.testing.assert_array_equal(s['block_1/attn/heads'].dead,
+                                [False, True, False])
+  res = surgery.shrink(m, p, {'block_1/attn/heads': np.array([1, 0, 1], bool),
+                              'block_0/attn/heads': np.array([0, 0, 0], bool)},
+                       input_shape=SHAPE, probe=x, min_width=0)
+  assert res.model.widths == (0, 4, 2, 4)
+  assert res.max_masked_diff <= 1e-5
+  assert res.variables['params']['block_1']['attn']['out']['kernel'].shape \
+      == (2, 2, 6)
+  # block 1 lost only its dead head: the change is block 0's heads
+  res1 = surgery.shrink(m, p, {'block_1/attn/heads': np.array([1, 0, 1],
+                                                              bool)},
+                        input_shape=SHAPE, probe=x)
+  assert res1.max_output_change <= 1e-5

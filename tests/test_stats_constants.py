@@ -1,0 +1,40 @@
+"""Per-unit output ranges in the statistics and the constant-unit rule."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from demp_jax import models, stats
+from testlib_models import random_variables
+
+
+def test_min_max_are_over_batches_examples_and_positions():
+  model = models.VGG(conv_widths=(3,), dense_widths=(4,), pool_after=(0,),
+                     num_classes=2)
+  v = random_variables(model, (4, 4, 1), np.random.default_rng(0))
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 4, 1))
+  s = stats.saturation_stats(model, v, x, 0.0)
+  acts = [stats.sown_activations(model, v, xb)[1] for xb in x]
+  for name in ('conv_act_0', 'dense_act_0'):
+    a = np.stack([np.asarray(b[name]) for b in acts])
+    axes = tuple(range(a.ndim - 1))
+    np.testing.assert_allclose(s[name].min, a.min(axis=axes), rtol=1e-6)
+    np.testing.assert_allclose(s[name].max, a.max(axis=axes), rtol=1e-6)
+  _, ranges = stats.activation_range(model, v, x[0])
+  np.testing.assert_allclose(ranges['conv_act_0'].max,
+                             np.asarray(acts[0]['conv_act_0']).max((0, 1, 2)))
+
+
+def test_constant_outputs_rule():
+  r = stats.Range(min=jnp.array([0.0, 0.7, 0.7, -2.0, 1e4, 0.0]),
+                  max=jnp.array([0.0, 0.7, 0.7 + 1e-3, -2.0 + 1e-7,
+                                 1e4 + 5e-3, jnp.inf]))
+  c = stats.constant_outputs({'g': r}, tol=1e-6)['g']
+  assert c.dtype == np.float32
+  assert c[0] == 0.0                      # dead: the constant 0
+  assert c[1] == np.float32(0.7)
+  assert np.isnan(c[2])                   # moves by 1e-3
+  assert c[3] == pytest.approx(-2.0, abs=1e-6)  # within 1e-6 * max(1, 2)
+  assert c[4] == pytest.approx(1e4, rel=1e-6)   # relative to |c| = 1e4
+  assert np.isnan(c[5])                   # never saw a finite max
+  assert np.all(np.isnan(stats.constant_outputs({'g': r}, tol=0.0)['g'][2:4]))
