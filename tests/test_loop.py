@@ -114,3 +114,37 @@ def test_cli_rejects_unknown_config_keys_and_algorithms(tmp_path):
            '--config.sparsity_config.algorithm=demq')
   assert r.returncode == 1
   assert "algorithm='demq' is not a registered algorithm" in r.stderr
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'vit'])
+def test_hold_dead_silences_padding_units_behind_index_maps(arch):
+  """Units masked to fill a width bucket output exactly zero, also where a
+  residual gather or an MLP-output scatter would carry them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from demp_jax import stats  # pylint: disable=g-import-not-at-top
+  from demp_jax.algorithms import create_updater_from_config  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import parallel  # pylint: disable=g-import-not-at-top
+  from demp_jax.training.steps import TrainState  # pylint: disable=g-import-not-at-top
+  import testlib_models  # pylint: disable=g-import-not-at-top
+  a = testlib_models.tiny_archs()[arch]
+  model = a.make()
+  v = testlib_models.random_variables(model, a.input_shape,
+                                      np.random.default_rng(0))
+  t = model.unit_topology(a.input_shape)
+  upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
+                                   topology=t)
+  tx = upd.wrap_optax(optax.sgd(0.1))
+  state = TrainState(np.int32(0), v, tx.init(v['params']))
+  rng = np.random.default_rng(0)
+  alive = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
+  held = loop.hold_dead(upd, state, alive, None, parallel.DataParallel())
+  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + a.input_shape)
+  _, acts = stats.sown_activations(model, held.variables, x)
+  checked = 0
+  for name, al in alive.items():
+    if name in acts and (~al).any():
+      assert np.all(np.asarray(acts[name])[..., ~al] == 0), name
+      checked += 1
+  assert checked >= 3

@@ -81,6 +81,35 @@ def evaluate(model, variables, ds, batch_size, mean, std,
   return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
 
 
+def pad_constants(constants, plan: buckets.WidthPlan, alive) -> Optional[dict]:
+  """Constants of the units kept only to fill a bucket (renumbered to the
+  kept units), 0 elsewhere; None when nothing is folded."""
+  if constants is None:
+    return None
+  out = {}
+  for name, c in constants.items():
+    c = np.asarray(c, np.float64)[plan.physical[name]]
+    out[name] = np.where(~alive[name] & np.isfinite(c), c, 0.0)
+  return out if any(np.any(v) for v in out.values()) else None
+
+
+def hold_dead(updater, state: TrainState, alive, constants,
+              dp: parallel.DataParallel) -> TrainState:
+  """Masks the units that are not alive (held at zero from now on),
+  folding the constant ones into their consumers first, and points index
+  maps (residual gathers) away from them, so the masked network computes
+  what the shrunk one will."""
+  variables = state.variables
+  if constants is not None:
+    variables = surgery.fold_into_consumers(updater.topology, variables,
+                                            constants)
+  opt_state = updater.set_alive(state.opt_state, variables['params'], alive)
+  variables = topo.silence_units(updater.topology, variables, alive)
+  variables = {**variables, 'params': topo.apply_masks(variables['params'],
+                                                       opt_state.masks)}
+  return dp.replicate(TrainState(state.step, variables, opt_state))
+
+
 def _median(xs):
   return float(statistics.median(xs)) if xs else float('nan')
 
@@ -219,11 +248,8 @@ def train(config, workdir: str) -> dict:
         step_fn = compiler(model, state, *sample)
         event['recompile_seconds'] = compiler.seconds - c0
       alive = plan.alive
-      opt_state = updater.set_alive(state.opt_state,
-                                    state.variables['params'], alive)
-      params = topo.apply_masks(state.variables['params'], opt_state.masks)
-      state = TrainState(state.step, {**state.variables, 'params': params},
-                         opt_state)
+      state = hold_dead(updater, state, alive, pad_constants(
+          updater.constants(ctx), plan, alive), dp)
       event['widths'] = dict(zip(updater.topology.names,
                                  map(int, model.widths)))
       event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
