@@ -198,9 +198,11 @@ def train(config, workdir: str) -> dict:
       raise ValueError(f'{type(updater).__name__} probes a held-out split: '
                        'set config.dataset.holdout to a number of examples')
     b -= b % dp.num_devices
-    images, labels = dp.shard_held(held_batches(
-        source, n, b, seed=int(config.seed) * 1_000_003 + step,
-        process_index=dp.process_index, process_count=dp.process_count))
+    local = held_batches(source, n, b,
+                         seed=int(config.seed) * 1_000_003 + step,
+                         process_index=dp.process_index,
+                         process_count=dp.process_count)
+    images, labels = dp.shard_held(local)
     ctx = PruneContext(step, model, state.variables, state.opt_state,
                        input_shape, normalize(images, mean, std), labels,
                        getattr(updater, 'epsilon', 0.0))
@@ -229,9 +231,12 @@ def train(config, workdir: str) -> dict:
       if plan.shrinks:
         constants = updater.constants(ctx)
         t0 = time.perf_counter()
+        # On host copies (every process holds the same replicated values),
+        # checked on this process's own probe images.
         res = surgery.shrink(
-            model, state.variables, plan.physical, input_shape=input_shape,
-            opt_state=state.opt_state, tx=tx, probe=ctx.images[0][:256],
+            model, parallel.fetch(state.variables), plan.physical,
+            input_shape=input_shape, opt_state=parallel.fetch(state.opt_state),
+            tx=tx, probe=normalize(jnp.asarray(local[0][0][:256]), mean, std),
             fold_constants=constants is not None, constants=constants)
         jax.block_until_ready(res.variables)
         event['surgery_seconds'] = time.perf_counter() - t0

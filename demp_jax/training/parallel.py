@@ -29,8 +29,9 @@ def maybe_initialize_distributed(config) -> None:
   if not d:
     return
   if int(d.get('num_processes', 1) or 1) > 1:
-    if jax.default_backend() == 'cpu' or d.get('cpu_collectives'):
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Only read by the CPU backend; must not query the backend here (that
+    # would initialise it before jax.distributed).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(
         coordinator_address=d.coordinator_address,
         num_processes=int(d.num_processes), process_id=int(d.process_id))
