@@ -57,6 +57,7 @@ class Compiler:
     self.make_step = make_step
     self.count = 0
     self.seconds = 0.0
+    self.flops = float('nan')  # XLA's count for the latest train step
 
   def __call__(self, model, *args):
     t0 = time.perf_counter()
@@ -64,6 +65,9 @@ class Compiler:
     compiled = fn.lower(*args).compile()
     self.seconds += time.perf_counter() - t0
     self.count += 1
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float((cost or {}).get('flops', float('nan')))
     return compiled
 
 
@@ -308,6 +312,7 @@ def train(config, workdir: str) -> dict:
           'loss': loss, 'accuracy': float(metrics['accuracy']),
           'live_units': live, 'step_seconds': step_times[-1],
           'params': flops_lib.count_params(state.variables['params']),
+          'train_step_flops': compiler.flops,
           **{f'live_units/{k}': int(v.sum()) for k, v in alive.items()},
           **updater.scalar_metrics(step)})
     if eval_every and (step + 1) % eval_every == 0:
