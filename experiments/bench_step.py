@@ -33,12 +33,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from demp_jax import models, stats, surgery
+from demp_jax import stats, surgery
 from demp_jax import topology as topo
-from demp_jax.algorithms import create_updater_from_config
-from demp_jax.data import held_batches, load_dataset, normalize, train_batches
+from demp_jax.data import held_batches, normalize, train_batches
 from demp_jax.training import optim
-from demp_jax.training.loop import init_variables
+from demp_jax.training import loop
 from demp_jax.training.steps import TrainState, make_train_step
 from experiments.benchlib import machine
 
@@ -116,18 +115,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  splits = load_dataset(config.dataset)
-  shape = tuple(splits.train.example_shape)
-  model_cfg = dict(config.model)
-  model_cfg.setdefault('num_classes', splits.num_classes)
-  model = models.build_model(model_cfg)
-  variables = init_variables(model, int(config.seed), shape)
-  topology = model.unit_topology(shape)
-  num_steps = int(config.num_steps)
-  opt = optim.make_optimizer(config.optimizer, num_steps)
-  updater = create_updater_from_config(config.sparsity_config,
-                                       topology=topology)
-  demp_tx = updater.wrap_optax(opt)
+  splits, shape, _, model, variables, topology, updater, demp_tx = (
+      loop.build(config))
+  opt = optim.make_optimizer(config.optimizer, int(config.num_steps))
   it = train_batches(splits.train, int(config.batch_size), int(config.seed))
   batches = [tuple(map(jnp.asarray, next(it))) for _ in range(4)]
   mean, std = splits.mean, splits.std

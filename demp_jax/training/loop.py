@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,35 @@ def init_variables(model, seed: int, input_shape) -> dict:
   init = jax.jit(lambda key: model.init(key, x, train=False))
   variables = init(jax.random.PRNGKey(seed))
   return {k: v for k, v in variables.items() if k != 'activations'}
+
+
+class Setup(NamedTuple):
+  splits: Any
+  input_shape: tuple
+  model_config: dict
+  model: Any
+  variables: dict
+  topology: topo.UnitTopology
+  updater: Any
+  tx: Any
+
+
+def build(config) -> Setup:
+  """Data, model, initial variables, updater and its wrapped optimiser."""
+  splits = load_dataset(config.dataset)
+  input_shape = tuple(splits.train.example_shape)
+  model_cfg = dict(config.model)
+  model_cfg.setdefault('num_classes', splits.num_classes)
+  model = models.build_model(model_cfg)
+  variables = init_variables(model, int(config.seed), input_shape)
+  topology = model.unit_topology(input_shape)
+  topology.validate(variables)
+  updater = create_updater_from_config(config.sparsity_config,
+                                       topology=topology)
+  tx = updater.wrap_optax(optim.make_optimizer(config.optimizer,
+                                               int(config.num_steps)))
+  return Setup(splits, input_shape, model_cfg, model, variables, topology,
+               updater, tx)
 
 
 class Compiler:
@@ -131,17 +160,8 @@ def train(config, workdir: str) -> dict:
     raise ValueError(f'config.num_steps must be >= 1, got {num_steps}')
   batch_size = int(config.batch_size)
   dp.check_batch(batch_size, 'config.batch_size')
-  splits = load_dataset(config.dataset)
-  input_shape = tuple(splits.train.example_shape)
-  model_cfg = dict(config.model)
-  model_cfg.setdefault('num_classes', splits.num_classes)
-  model = models.build_model(model_cfg)
-  variables = init_variables(model, int(config.seed), input_shape)
-  topology = model.unit_topology(input_shape)
-  topology.validate(variables)
-  updater = create_updater_from_config(config.sparsity_config,
-                                       topology=topology)
-  tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
+  (splits, input_shape, model_cfg, model, variables, topology, updater,
+   tx) = build(config)
   mean, std = splits.mean, splits.std
   make_step = lambda m: make_train_step(
       m, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)),
