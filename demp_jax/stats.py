@@ -151,12 +151,6 @@ def activation_range(model: nn.Module, variables: Mapping[str, Any],
   return logits, ranges
 
 
-def dead_fraction(stats: Mapping[str, UnitStats]) -> float:
-  dead = sum(int(jnp.sum(s.dead)) for s in stats.values())
-  total = sum(int(s.dead.shape[0]) for s in stats.values())
-  return dead / max(total, 1)
-
-
 def dynamic_dead_rate(model: nn.Module, variables: Mapping[str, Any],
                       batches: jax.Array) -> jax.Array:
   """Mean over examples of the fraction of (unit, position) outputs equal to

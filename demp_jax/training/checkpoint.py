@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -53,11 +52,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self._mngr.close()
-
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a tree of arrays."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=getattr(x, 'sharding', None)),
-      tree)

@@ -9,7 +9,6 @@ process takes the same pruning decision and performs the same surgery.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -91,9 +90,3 @@ def on_main(fn, *args, **kwargs):
   if jax.process_index() == 0:
     return fn(*args, **kwargs)
   return None
-
-
-def env_process_info() -> str:
-  return (f'process {jax.process_index()}/{jax.process_count()}, '
-          f'{jax.local_device_count()} local of {jax.device_count()} devices, '
-          f'pid {os.getpid()}')
