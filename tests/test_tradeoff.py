@@ -29,8 +29,11 @@ def test_plan_runs_grids_seeds_and_overrides():
   snap = sorted({r[1] for r in runs if r[0] == 'snap'})
   assert snap == [0.3, 0.6, 0.9]
   demp = sorted({r[1] for r in runs if r[0] == 'demp'})
-  assert demp[0] == pytest.approx(5e-4) and demp[-1] == pytest.approx(5e-2)
-  assert demp[1] == pytest.approx(5e-3)  # log-spaced
+  assert demp[0] == pytest.approx(1e-2) and demp[-1] == pytest.approx(1.6e-1)
+  assert demp[1] == pytest.approx(4e-2)  # log-spaced
+  # breadth first: every method's first point before any second point
+  assert [r[0] for r in runs[:6]] == ['no_prune', 'snap', 'demp'] * 2
+  assert [r[0] for r in runs[6:]] == ['snap', 'demp'] * 4
   runs = tradeoff.plan_runs(['snap'], 3, grids={'snap': [0.5]})
   assert runs == [('snap', 0.5, 0)]
   with pytest.raises(ValueError, match='unknown method'):
