@@ -24,6 +24,9 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
   c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
+  # steps trained with the removed units held at zero while the shrunk step
+  # compiles on a background thread (0: stop and compile at once)
+  c.shrink_delay = 20
   c.progress = True
 
   # Multi-process: every process runs the same command with its process_id
@@ -77,6 +80,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
     c.model.pool_after = (0, 1)
     c.model.dense_widths = (32,)
     s.prune_every = 10
+    c.shrink_delay = 3
     s.death_batches = 2
     s.death_batch_size = 128
     s.reg_peak = 5e-2

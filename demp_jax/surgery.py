@@ -36,6 +36,8 @@ AdamW state shrinks in well under a second on a laptop CPU.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
@@ -281,9 +283,17 @@ def fold_into_consumers(topology: topo.UnitTopology,
 # ------------------------------------------------------------------ shrink
 
 
-def eval_logits(model: Any, variables: Mapping[str, Any], x: jax.Array):
-  variables = {k: v for k, v in variables.items() if k != 'activations'}
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_logits(model: Any, variables: Mapping[str, Any], x: jax.Array):
   return model.apply(variables, x, train=False)
+
+
+def eval_logits(model: Any, variables: Mapping[str, Any],
+                x: jax.Array) -> jax.Array:
+  """Eval-mode logits ``[B, classes]`` of ``x`` ``[B, *input_shape]``,
+  jitted (compiled once per model width and input shape)."""
+  variables = {k: v for k, v in variables.items() if k != 'activations'}
+  return _eval_logits(model, variables, x)
 
 
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],

@@ -148,3 +148,54 @@ def test_hold_dead_silences_padding_units_behind_index_maps(arch):
       assert np.all(np.asarray(acts[name])[..., ~al] == 0), name
       checked += 1
   assert checked >= 3
+
+
+class _Killed(Exception):
+  pass
+
+
+@needs_fmnist
+def test_background_compile_swaps_at_a_fixed_step_and_resumes_exactly(
+    tmp_path, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  settings = {'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
+              'round_widths_to': 1, 'num_steps': 20, 'shrink_delay': 4,
+              'checkpoint_every': 2}
+  s = loop.train(tiny(**settings), str(tmp_path / 'straight'))
+  ev = [e for e in s['pruning_events'] if 'swap_step' in e]
+  assert [(e['step'], e['swap_step']) for e in ev] == [(10, 14)]
+  assert ev[0]['overlap_steps'] == 4 and ev[0]['max_masked_diff'] <= 1e-5
+  assert ev[0]['widths'] == {'conv_act_0': 3, 'conv_act_1': 3,
+                             'dense_act_0': 3}
+  assert s['shrink_overhead'][0]['interval_seconds'] > 0
+  assert s['compiles'] == 2
+  # Die right after the checkpoint of step 12: decided and held, not yet
+  # shrunk. The resumed run must compile, swap at step 14 and end bitwise
+  # where the straight one did.
+  save = loop.ckpt_lib.Checkpointer.save
+
+  def save_then_die(self, step, state, meta):
+    save(self, step, state, meta)
+    if step == 12:
+      assert meta['run']['pending']['swap_step'] == 14
+      raise _Killed()
+
+  work = str(tmp_path / 'killed')
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save_then_die)
+  with pytest.raises(_Killed):
+    loop.train(tiny(**settings), work)
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save)
+  r = loop.train(tiny(**settings, resume=True), work)
+  assert r['resumed_from'] == 12 and r['widths_final'] == s['widths_final']
+  restore = lambda w: ocp.StandardCheckpointer().restore(
+      os.path.join(w, 'checkpoints', '20', 'state'))['variables']['params']
+  for x, y in zip(jax.tree.leaves(restore(str(tmp_path / 'straight'))),
+                  jax.tree.leaves(restore(work))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_negative_shrink_delay_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='shrink_delay'):
+    loop.train(tiny(shrink_delay=-1), str(tmp_path))

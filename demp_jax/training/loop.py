@@ -13,7 +13,9 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
+from concurrent import futures
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -79,25 +81,34 @@ def build(config) -> Setup:
                updater, tx)
 
 
+class CompiledStep(NamedTuple):
+  fn: Any         # the AOT-compiled train step
+  seconds: float  # lowering plus XLA compilation
+  flops: float    # XLA's cost analysis of one step (NaN when unknown)
+
+
 class Compiler:
-  """AOT-compiles train steps and counts compilations and their seconds."""
+  """AOT-compiles train steps and counts compilations and their seconds
+  (safe to call from a background thread)."""
 
   def __init__(self, make_step):
     self.make_step = make_step
     self.count = 0
     self.seconds = 0.0
-    self.flops = float('nan')  # XLA's count for the latest train step
+    self._lock = threading.Lock()
 
-  def __call__(self, model, *args):
+  def __call__(self, model, *args) -> CompiledStep:
     t0 = time.perf_counter()
     fn = jax.jit(self.make_step(model), donate_argnums=0)
     compiled = fn.lower(*args).compile()
-    self.seconds += time.perf_counter() - t0
-    self.count += 1
+    seconds = time.perf_counter() - t0
+    with self._lock:
+      self.seconds += seconds
+      self.count += 1
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float((cost or {}).get('flops', float('nan')))
-    return compiled
+    return CompiledStep(compiled, seconds,
+                        float((cost or {}).get('flops', float('nan'))))
 
 
 def evaluate(model, variables, ds, batch_size, mean, std,
@@ -114,16 +125,34 @@ def evaluate(model, variables, ds, batch_size, mean, std,
   return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
 
 
-def pad_constants(constants, plan: buckets.WidthPlan, alive) -> Optional[dict]:
-  """Constants of the units kept only to fill a bucket (renumbered to the
-  kept units), 0 elsewhere; None when nothing is folded."""
+def removed_constants(constants, alive) -> Optional[dict]:
+  """The constant output of every unit that is not alive (0 for the alive
+  ones and for those without a constant); None when there is nothing to
+  fold."""
   if constants is None:
     return None
   out = {}
   for name, c in constants.items():
-    c = np.asarray(c, np.float64)[plan.physical[name]]
+    c = np.asarray(c, np.float64)
     out[name] = np.where(~alive[name] & np.isfinite(c), c, 0.0)
   return out if any(np.any(v) for v in out.values()) else None
+
+
+class PendingShrink(NamedTuple):
+  """A physical shrink decided at ``event['step']``: the units are held at
+  zero from then on, the shrunk step compiles in the background, and the
+  arrays are sliced at ``swap_step`` (a fixed step, so every process and
+  every resumed run swaps at the same one)."""
+  swap_step: int
+  keep: dict        # group -> bool[current n]: units kept physically
+  alive: dict       # group -> bool[new n]: kept units left unmasked
+  job: futures.Future  # -> (shrunk model, CompiledStep)
+  event: dict
+
+
+def _snapshot(tree):
+  """Host copies that stay valid after the device buffers are donated."""
+  return jax.tree.map(lambda a: np.array(a, copy=True), parallel.fetch(tree))
 
 
 def hold_dead(updater, state: TrainState, alive, constants,
@@ -204,15 +233,97 @@ def train(config, workdir: str) -> dict:
             file=sys.stderr)
   alive = {k: np.asarray(v, bool) for k, v in run['alive'].items()}
   step_times: list[float] = []
+  # Steps trained with the removed units held at zero while the shrunk step
+  # compiles on a background thread (0: shrink and compile at once).
+  delay = int(config.get('shrink_delay', 0) or 0)
+  if delay < 0:
+    raise ValueError(f'config.shrink_delay must be >= 0, got {delay}')
+  executor = futures.ThreadPoolExecutor(1, thread_name_prefix='shrink')
+  pending: Optional[PendingShrink] = None
 
   def save(step: int) -> None:
     run['widths'] = [int(w) for w in model.widths]
     run['alive'] = {k: v.tolist() for k, v in alive.items()}
+    run['pending'] = None if pending is None else {
+        'swap_step': pending.swap_step,
+        'keep': {k: v.tolist() for k, v in pending.keep.items()},
+        'alive': {k: v.tolist() for k, v in pending.alive.items()},
+        'event': len(run['events']) - 1}
     ckpt.save(step, state, {'step': step, 'model': model_cfg, 'run': run})
     run['last_good'] = step
 
+  def start_shrink(swap_step: int, keep: dict, new_alive: dict,
+                   probe=None, before=None) -> PendingShrink:
+    """Slices a host snapshot (the held units are exactly zero, so this is
+    the network being trained), checks it on ``probe`` and compiles the
+    shrunk train step, all on a background thread."""
+    variables = _snapshot(state.variables)
+    opt_state = _snapshot(state.opt_state)
+    old_model = model
+
+    def job():
+      t0 = time.perf_counter()
+      res = surgery.shrink(old_model, variables, keep, input_shape=input_shape,
+                           opt_state=opt_state, tx=tx, probe=probe)
+      info = {'surgery_seconds': time.perf_counter() - t0,
+              'max_masked_diff': res.max_masked_diff}
+      if before is not None:
+        after = surgery.eval_logits(res.model, res.variables, probe)
+        info['max_output_change'] = float(np.max(np.abs(
+            np.asarray(after) - np.asarray(before))))
+      abstract = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
+                                         sharding=dp.replicated),
+          TrainState(np.zeros([], np.int32), res.variables, res.opt_state))
+      return res.model, compiler(res.model, abstract, *sample), info
+
+    return PendingShrink(swap_step, keep, new_alive, executor.submit(job),
+                         run['events'][-1])
+
+  def swap(step: int) -> None:
+    """Slices the live state, switches to the shrunk step compiled in the
+    background (waiting for it if it is not ready) and checkpoints."""
+    nonlocal model, state, step_fn, step_flops, updater, alive, pending
+    p = pending
+    t0 = time.perf_counter()
+    new_model, compiled, info = p.job.result()  # re-raises SurgeryError
+    wait = time.perf_counter() - t0
+    res = surgery.shrink(model, parallel.fetch(state.variables), p.keep,
+                         input_shape=input_shape,
+                         opt_state=parallel.fetch(state.opt_state), tx=tx)
+    assert tuple(res.model.widths) == tuple(new_model.widths)
+    model = res.model
+    updater = updater.with_topology(model.unit_topology(input_shape))
+    state = dp.replicate(TrainState(state.step, res.variables,
+                                    res.opt_state))
+    step_fn, step_flops = compiled.fn, compiled.flops
+    alive = p.alive
+    state = hold_dead(updater, state, alive, None, dp)
+    jax.block_until_ready(state)
+    ev = p.event
+    overlap = step_times[ev['steps_before']:]
+    ev.update(info)
+    ev.update({
+        'swap_step': step, 'wait_seconds': wait,
+        'swap_seconds': time.perf_counter() - t0,
+        'recompile_seconds': compiled.seconds,
+        'overlap_steps': len(overlap),
+        # what training beside the compile cost over the steady step time
+        'overlap_extra_seconds': max(0.0, sum(overlap) - len(overlap) *
+                                     ev['step_seconds_before']),
+        'widths': dict(zip(updater.topology.names, map(int, model.widths))),
+        'live_units': {k: int(v.sum()) for k, v in alive.items()}})
+    ev['shrink_overhead_seconds'] = (ev['hold_seconds'] + ev['swap_seconds']
+                                     + ev['overlap_extra_seconds'])
+    run['kept_history'].append({'step': ev['step'], 'kept': {
+        k: np.flatnonzero(v).tolist() for k, v in p.keep.items()}})
+    pending = None
+    save(step)
+
   def prune(step: int) -> None:
-    nonlocal model, state, step_fn, updater, alive
+    nonlocal state, alive, pending
+    if pending is not None:
+      swap(step)  # decide on the network as it is
     n, b = updater.held_batches_shape()
     where = getattr(updater, 'probe_split', 'train')
     # train_eval: training images with eval preprocessing (ImageNet crops)
@@ -232,7 +343,11 @@ def train(config, workdir: str) -> dict:
                        getattr(updater, 'epsilon', 0.0))
     t0 = time.perf_counter()
     keep = updater.choose_keep(ctx)
-    event = {'step': step, 'decide_seconds': time.perf_counter() - t0}
+    event = {'step': step, 'decide_seconds': time.perf_counter() - t0,
+             'clock': time.perf_counter() - t_loop,
+             'steps_before': len(step_times),
+             'step_seconds_before': _median(step_times[-20:])}
+    run['events'].append(event)
     masks = updater.update_masks(ctx)
     if masks is not None:
       state = TrainState(state.step, {
@@ -247,44 +362,35 @@ def train(config, workdir: str) -> dict:
                              for k, s in ctx._stats.items()}
       event['apoz_mean'] = {k: float(np.mean(np.asarray(s.apoz)))
                             for k, s in ctx._stats.items()}
-    if keep is not None:
-      keep = {k: np.asarray(v, bool) & alive[k] for k, v in keep.items()}
-      scores = ({k: np.asarray(s.mean_abs) for k, s in ctx._stats.items()}
-                if ctx._stats is not None else None)
-      plan = buckets.plan(keep, round_to, scores)
-      if plan.shrinks:
-        constants = updater.constants(ctx)
-        t0 = time.perf_counter()
-        # On host copies (every process holds the same replicated values),
-        # checked on this process's own probe images.
-        res = surgery.shrink(
-            model, parallel.fetch(state.variables), plan.physical,
-            input_shape=input_shape, opt_state=parallel.fetch(state.opt_state),
-            tx=tx, probe=normalize(jnp.asarray(local[0][0][:256]), mean, std),
-            fold_constants=constants is not None, constants=constants)
-        jax.block_until_ready(res.variables)
-        event['surgery_seconds'] = time.perf_counter() - t0
-        event['max_masked_diff'] = res.max_masked_diff
-        event['max_output_change'] = res.max_output_change
-        event['folded'] = getattr(res, 'folded', {})
-        run['kept_history'].append({'step': step, 'kept': {
-            k: np.flatnonzero(v).tolist() for k, v in plan.physical.items()}})
-        model = res.model
-        updater = updater.with_topology(model.unit_topology(input_shape))
-        state = dp.replicate(TrainState(state.step, res.variables,
-                                        res.opt_state))
-        c0 = compiler.seconds
-        step_fn = compiler(model, state, *sample)
-        event['recompile_seconds'] = compiler.seconds - c0
-      alive = plan.alive
-      state = hold_dead(updater, state, alive, pad_constants(
-          updater.constants(ctx), plan, alive), dp)
-      event['widths'] = dict(zip(updater.topology.names,
-                                 map(int, model.widths)))
-      event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
-      if plan.shrinks:
-        save(step)
-    run['events'].append(event)
+    if keep is None:
+      return
+    t0 = time.perf_counter()
+    keep = {k: np.asarray(v, bool) & alive[k] for k, v in keep.items()}
+    scores = ({k: np.asarray(s.mean_abs) for k, s in ctx._stats.items()}
+              if ctx._stats is not None else None)
+    plan = buckets.plan(keep, round_to, scores)
+    probe = before = None
+    if plan.shrinks:
+      # this process's own probe images (every process holds the same
+      # replicated values, so every process checks the same surgery)
+      probe = normalize(jnp.asarray(local[0][0][:256]), mean, std)
+      before = surgery.eval_logits(model, state.variables, probe)
+    # From now on the removed units are held at zero (constant ones folded
+    # into their consumers first): the masked network is the shrunk one.
+    constants = removed_constants(updater.constants(ctx), keep)
+    alive = keep
+    state = hold_dead(updater, state, alive, constants, dp)
+    event['folded'] = {k: int(np.count_nonzero(v))
+                       for k, v in (constants or {}).items()}
+    event['widths'] = dict(zip(updater.topology.names,
+                               map(int, model.widths)))
+    event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
+    if plan.shrinks:
+      pending = start_shrink(min(step + delay, num_steps), plan.physical,
+                             plan.alive, probe, before)
+    event['hold_seconds'] = time.perf_counter() - t0
+    if pending is not None and pending.swap_step <= step:
+      swap(step)
 
   batches = prefetch(train_batches(splits.train, batch_size,
                                    int(config.seed), start, dp.process_index,
@@ -292,7 +398,15 @@ def train(config, workdir: str) -> dict:
   sample = (*dp.shard_batch(next(train_batches(
       splits.train, batch_size, int(config.seed), 0, dp.process_index,
       dp.process_count))), key)
-  step_fn = compiler(model, state, *sample)
+  first = compiler(model, state, *sample)
+  step_fn, step_flops = first.fn, first.flops
+  if run.get('pending'):  # resumed between a shrink decision and its swap
+    p = run['pending']
+    pending = start_shrink(
+        p['swap_step'], {k: np.asarray(v, bool) for k, v in p['keep'].items()},
+        {k: np.asarray(v, bool) for k, v in p['alive'].items()})
+    pending = pending._replace(event=run['events'][p['event']])
+    pending.event['steps_before'] = 0
   progress = _progress(num_steps, start, config, main)
   t_loop = time.perf_counter()
   checkpoint_every = int(config.get('checkpoint_every', 0) or 0)
@@ -301,6 +415,8 @@ def train(config, workdir: str) -> dict:
   eval_seconds = 0.0
   loss = float('nan')
   for step in range(start, num_steps):
+    if pending is not None and step >= pending.swap_step:
+      swap(step)
     if updater.prunes_at(step):
       prune(step)
     images, labels = dp.shard_batch(next(batches))
@@ -313,6 +429,7 @@ def train(config, workdir: str) -> dict:
     if not math.isfinite(loss):
       progress.close()
       batches.close()
+      executor.shutdown(wait=False, cancel_futures=True)
       last = run['last_good']
       msg = (f'loss is {loss} at step {step}; the run stopped. ' +
              (f'The last good checkpoint is step {last} in {ckpt.directory}.'
@@ -332,7 +449,7 @@ def train(config, workdir: str) -> dict:
           'loss': loss, 'accuracy': float(metrics['accuracy']),
           'live_units': live, 'step_seconds': step_times[-1],
           'params': flops_lib.count_params(state.variables['params']),
-          'train_step_flops': compiler.flops,
+          'train_step_flops': step_flops,
           **{f'live_units/{k}': int(v.sum()) for k, v in alive.items()},
           **updater.scalar_metrics(step)})
     if eval_every and (step + 1) % eval_every == 0:
@@ -356,8 +473,11 @@ def train(config, workdir: str) -> dict:
                            units=live, refresh=False)
   progress.close()
   batches.close()
+  if pending is not None:
+    swap(num_steps)
   if updater.prunes_at_end() and start < num_steps:
     prune(num_steps)
+  executor.shutdown()
   train_seconds = time.perf_counter() - t_loop - eval_seconds
   save(num_steps)
   ckpt.close()
@@ -409,10 +529,31 @@ def train(config, workdir: str) -> dict:
   }
   summary['step_time_ratio'] = (summary['step_seconds_last'] /
                                 summary['step_seconds_first'])
+  summary['shrink_overhead'] = shrink_overhead(run['events'], train_seconds)
+  summary['max_shrink_overhead_fraction'] = max(
+      (e['fraction'] for e in summary['shrink_overhead']), default=0.0)
   if main:
     _write_json(os.path.join(workdir, 'summary.json'), summary)
   writer.close()
   return summary
+
+
+def shrink_overhead(events: list[dict], train_seconds: float) -> list[dict]:
+  """For every physical shrink: the wall time it added to training
+  (holding the units, the surgery and compile not hidden behind training,
+  the swap; the death check is apart, in ``decide_seconds``) against the
+  wall time from its pruning event to the next one (or the end)."""
+  out = []
+  for i, e in enumerate(events):
+    if 'shrink_overhead_seconds' not in e or 'clock' not in e:
+      continue
+    end = events[i + 1]['clock'] if i + 1 < len(events) else train_seconds
+    interval = max(end - e['clock'], 1e-9)
+    out.append({'step': e['step'], 'swap_step': e['swap_step'],
+                'overhead_seconds': e['shrink_overhead_seconds'],
+                'interval_seconds': interval,
+                'fraction': e['shrink_overhead_seconds'] / interval})
+  return out
 
 
 def _progress(total: int, start: int, config, main: bool):
