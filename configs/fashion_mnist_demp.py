@@ -64,8 +64,10 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   s.noise_peak = 5e-5
   s.noise_seed = 0
   s.prune_every = 200
-  s.death_batches = 4
-  s.death_batch_size = 512
+  # 2,048 held examples in batches of 128: the same dead set as 4 x 512
+  # (with epsilon = 0), and a faster pass on CPU
+  s.death_batches = 16
+  s.death_batch_size = 128
   s.epsilon = 0.0
   s.min_width = 1
   s.fold_constants = True

@@ -65,7 +65,7 @@ class VGG(nn.Module):
       x = act(x)
       self.sow('activations', f'conv_act_{i}', x)
       if i in self.pool_after:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool_tiles(x, 2)
     if self.head_pool:
       k = int(self.head_pool)
       x = nn.avg_pool(x, (k, k), strides=(k, k))
