@@ -50,6 +50,9 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   c.log_every = 100
   c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
   c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
+  # steps trained with the removed units held at zero while the shrunk step
+  # compiles on a host thread (the accelerator keeps training meanwhile)
+  c.shrink_delay = 500
   c.progress = True
 
   # Multi-process: every process runs the same command. On a multi-host TPU
@@ -124,6 +127,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
     s.reg_peak = 5e-2
     s.reg_span = 6
     s.prune_every = 3
+    c.shrink_delay = 1
     s.death_batches = 1
     s.death_batch_size = 32
   return c

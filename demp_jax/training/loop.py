@@ -1,4 +1,9 @@
-"""The training loop: train, check for dead units, shrink, recompile, go on.
+"""The training loop: train, check for dead units, shrink, go on.
+
+At a pruning event the units to remove are held at exactly zero at once;
+when the arrays shrink, the surgery is checked and the shrunk train step
+compiled on a background thread while training continues masked, and the
+swap to the smaller arrays happens ``config.shrink_delay`` steps later.
 
 ``train(config, workdir)`` runs one configured job, data-parallel over every
 device of every process, and writes ``workdir/summary.json``, metrics
