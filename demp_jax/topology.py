@@ -241,12 +241,20 @@ def get_leaf(variables: Mapping[str, Any], key: LeafKey) -> Any:
   return node
 
 
+def _xp(*xs):
+  """``jnp`` when any of ``xs`` is traced, else ``np``: host arrays stay on
+  the host, so holding units at new widths compiles nothing."""
+  return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
+
+
 def unit_axis_mask(ref: AxisRef, unit_mask: np.ndarray | jax.Array,
                    ndim: int) -> jax.Array:
-  """Broadcastable 0/1 array that zeroes the masked units on ``ref.axis``."""
-  m = jnp.asarray(unit_mask)
+  """Broadcastable 0/1 array that zeroes the masked units on ``ref.axis``
+  (numpy unless ``unit_mask`` is traced)."""
+  xp = _xp(unit_mask)
+  m = xp.asarray(unit_mask)
   if ref.tile > 1:
-    m = jnp.tile(m, ref.tile)  # NHWC flatten: position p*n + c -> unit c
+    m = xp.tile(m, ref.tile)  # NHWC flatten: position p*n + c -> unit c
   axis = ref.axis % ndim
   shape = [1] * ndim
   shape[axis] = m.shape[0]
@@ -269,21 +277,24 @@ def param_masks(topology: UnitTopology, params: Any,
   that is not alive gets 0 on every params entry that produces it or reads
   it. Leaves the topology never touches get ``None`` (JaxPruner's convention
   for leaves never pruned). Works on any params tree, including optax's
-  parameter placeholders.
+  parameter placeholders. The masks are numpy arrays unless ``alive`` is
+  traced.
   """
   refs = {k[1]: v for k, v in topology.leaf_refs().items() if k[0] == 'params'}
+
+  xp = _xp(*(alive or {}).values())
 
   def one(path, p):
     entries = refs.get(key_path(path))
     if not entries:
       return None
-    m = jnp.ones(jnp.shape(p), MASK_DTYPE)
+    m = xp.ones(np.shape(p), MASK_DTYPE)
     if alive is None:
       return m
     for group, ref, _ in entries:
       if ref.kind != 'axis' or group.name not in alive:
         continue
-      m = m * unit_axis_mask(ref, jnp.asarray(alive[group.name], MASK_DTYPE),
+      m = m * unit_axis_mask(ref, xp.asarray(alive[group.name], MASK_DTYPE),
                              m.ndim)
     return m.astype(MASK_DTYPE)
 

@@ -166,11 +166,14 @@ def hold_dead(updater, state: TrainState, alive, constants,
   folding the constant ones into their consumers first, and points index
   maps (residual gathers) away from them, so the masked network computes
   what the shrunk one will."""
-  variables = state.variables
+  # On host copies (replicated values: the same on every process), so no
+  # eager op compiles for the new widths.
+  variables = parallel.fetch(state.variables)
   if constants is not None:
     variables = surgery.fold_into_consumers(updater.topology, variables,
                                             constants)
-  opt_state = updater.set_alive(state.opt_state, variables['params'], alive)
+  opt_state = updater.set_alive(parallel.fetch(state.opt_state),
+                                variables['params'], alive)
   variables = topo.silence_units(updater.topology, variables, alive)
   variables = {**variables, 'params': topo.apply_masks(variables['params'],
                                                        opt_state.masks)}
