@@ -11,7 +11,9 @@ per (method, knob, seed). Every finished run appends one JSON row to
 ``OUT/results.jsonl``; a second invocation skips the rows already there, so
 an interrupted sweep resumes. Then three plots are drawn:
 ``OUT/accuracy_vs_neuron_sparsity.png``, ``accuracy_vs_param_sparsity.png``
-and ``accuracy_vs_train_time.png``.
+and ``accuracy_vs_train_time.png``, and ``OUT/table.md`` holds every run
+and each method's accuracy at matched neuron sparsities (interpolated
+between its own points, never extrapolated).
 
 Options:
 
@@ -57,6 +59,7 @@ import numpy as np
 
 RESULTS = 'results.jsonl'
 ERRORS = 'errors.jsonl'
+TABLE = 'table.md'
 PLOTS = ('accuracy_vs_neuron_sparsity.png', 'accuracy_vs_param_sparsity.png',
          'accuracy_vs_train_time.png')
 
@@ -416,6 +419,8 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
     log(f'{tag}: acc {acc:.4f} units -{row.get("neuron_sparsity", 0):.0%} '
         f'({time.perf_counter() - t0:.0f} s)')
   drawn = plot(rows, out) if plots else []
+  with open(os.path.join(out, TABLE), 'w') as f:
+    f.write(markdown_table(rows))
   return {'ran': ran, 'skipped': skipped, 'failed': failed, 'rows': rows,
           'plots': drawn}
 
@@ -480,6 +485,48 @@ def plot(rows: list[dict], out: str) -> list[str]:
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def accuracy_at(xs: Sequence[float], ys: Sequence[float],
+                x: float) -> Optional[float]:
+  """Accuracy at sparsity ``x`` by linear interpolation between a method's
+  points (sorted by ``xs``); None outside their range (no extrapolation)."""
+  if not xs or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
+    return None
+  return float(np.interp(x, xs, ys))
+
+
+def markdown_table(rows: list[dict],
+                   matched: Sequence[float] = (0.5, 0.7, 0.8, 0.9)) -> str:
+  """Two markdown tables: every finished run, and each method's accuracy at
+  the same neuron sparsities (interpolated between its own points, '-'
+  outside them). The best at each sparsity is in bold."""
+  ok = sorted((r for r in rows if r.get('status') == 'ok'),
+              key=lambda r: (r['method'], r.get('neuron_sparsity', 0)))
+  lines = ['| method | knob | test accuracy | neuron sparsity | '
+           'param sparsity | forward FLOPs kept | train s | last step s |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in ok:
+    knob = '' if r.get('knob') is None else f"{r['knob_name']}={r['knob']:g}"
+    flops = r['flops_final'] / r['flops_initial']
+    lines.append(
+        f"| {r['method']} | {knob} | {r['test_accuracy']:.4f} | "
+        f"{r['neuron_sparsity']:.3f} | {_param_x(r):.3f} | {flops:.3f} | "
+        f"{r['train_seconds']:.1f} | {r['step_seconds_last']:.4f} |")
+  curves = _points(ok, lambda r: r.get('neuron_sparsity'))
+  lines += ['', '| method | ' + ' | '.join(
+      f'acc. at {x:g}' for x in matched) + ' |',
+            '|---|' + '---|' * len(matched)]
+  table = {m: [accuracy_at(xs, ys, x) for x in matched]
+           for m, (xs, ys, _) in curves.items() if len(xs) > 1}
+  best = [max((v[i] for v in table.values() if v[i] is not None),
+              default=None) for i in range(len(matched))]
+  for m, accs in sorted(table.items()):
+    cells = ['-' if a is None else
+             (f'**{a:.4f}**' if a == best[i] else f'{a:.4f}')
+             for i, a in enumerate(accs)]
+    lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
 
 
 # --------------------------------------------------------------------- CLI

@@ -93,6 +93,28 @@ def test_refuses_to_mix_configs_and_plots_rows(tmp_path):
   assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
+def test_table_lists_every_run_and_matches_sparsities_without_extrapolating():
+  def row(method, knob, acc, sparsity):
+    return {'method': method, 'knob': knob, 'knob_name': 'sparsity',
+            'seed': 0, 'status': 'ok', 'test_accuracy': acc,
+            'neuron_sparsity': sparsity, 'param_sparsity': sparsity,
+            'sparsity_kind': 'physical', 'flops_initial': 100.0,
+            'flops_final': 100.0 * (1 - sparsity), 'train_seconds': 5.0,
+            'step_seconds_last': 0.01}
+  rows = [row('a', 0.4, 0.90, 0.4), row('a', 0.8, 0.80, 0.8),
+          row('b', 0.6, 0.88, 0.6), row('b', 0.95, 0.70, 0.95),
+          {**row('b', 0.7, 0.0, 0.7), 'status': 'error'}]
+  assert tradeoff.accuracy_at([0.4, 0.8], [0.9, 0.8], 0.7) == pytest.approx(
+      0.825)
+  assert tradeoff.accuracy_at([0.4, 0.8], [0.9, 0.8], 0.9) is None
+  table = tradeoff.markdown_table(rows, matched=(0.5, 0.7, 0.9))
+  lines = table.splitlines()
+  assert sum(l.startswith('| a |') for l in lines) == 3  # 2 runs + matched
+  assert sum(l.startswith('| b |') for l in lines) == 3  # the error is out
+  assert '| a | **0.8750** | 0.8250 | - |' in lines
+  assert '| b | - | **0.8286** | **0.7257** |' in lines
+
+
 @needs_fmnist
 def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
                                                            capsys):
@@ -138,6 +160,8 @@ def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
   assert 0 < by['early_snap']['prune_steps'][0] <= 6
   for name in tradeoff.PLOTS:
     assert os.path.getsize(os.path.join(out, name)) > 1000
+  table = open(os.path.join(out, tradeoff.TABLE)).read()
+  assert all(f'| {m} |' in table for m in NATIVE)
   # a second invocation adds nothing
   capsys.readouterr()
   assert tradeoff.main(argv + ['--no-plots']) == 0

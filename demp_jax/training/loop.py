@@ -315,11 +315,10 @@ def train(config, workdir: str) -> dict:
     assert tuple(res.model.widths) == tuple(new_model.widths)
     model = res.model
     updater = updater.with_topology(model.unit_topology(input_shape))
-    state = dp.replicate(TrainState(state.step, res.variables,
-                                    res.opt_state))
     step_fn, step_flops = compiled.fn, compiled.flops
     alive = p.alive
-    state = hold_dead(updater, state, alive, None, dp)
+    state = hold_dead(updater, TrainState(state.step, res.variables,
+                                          res.opt_state), alive, None, dp)
     jax.block_until_ready(state)
     ev = p.event
     overlap = step_times[ev['steps_before']:]
