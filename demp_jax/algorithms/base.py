@@ -16,7 +16,8 @@ are never pruned. Every tree map over masks treats ``None`` as a leaf.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Optional
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,9 @@ class PruneContext:
 
   ``images`` are ``[N, B, ...]`` normalised, non-augmented training inputs
   held for this decision and ``labels`` their ``[N, B]`` labels. The unit
-  statistics over them are computed once, on first use.
+  statistics over them are computed once, on first use, by ``stats_fn``
+  when given (``saturation_stats`` compiled ahead of time for this model
+  and these shapes: ``(variables, images, epsilon) -> stats``).
   """
   step: int
   model: Any
@@ -52,6 +55,7 @@ class PruneContext:
   labels: Any
   epsilon: float = 0.0
   _stats: Optional[dict] = None
+  stats_fn: Optional[Callable] = None
 
   @property
   def topology(self) -> topo.UnitTopology:
@@ -59,8 +63,10 @@ class PruneContext:
 
   def stats(self) -> dict:
     if self._stats is None:
-      self._stats = jax.block_until_ready(stats_lib.saturation_stats(
-          self.model, self.variables, self.images, float(self.epsilon)))
+      fn = self.stats_fn or functools.partial(stats_lib.saturation_stats,
+                                              self.model)
+      self._stats = jax.block_until_ready(
+          fn(self.variables, self.images, float(self.epsilon)))
     return self._stats
 
 

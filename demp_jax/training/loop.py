@@ -30,6 +30,7 @@ import numpy as np
 from demp_jax import buckets
 from demp_jax import flops as flops_lib
 from demp_jax import models
+from demp_jax import stats as stats_lib
 from demp_jax import surgery
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
@@ -257,6 +258,7 @@ def train(config, workdir: str) -> dict:
     raise ValueError(f'config.shrink_delay must be >= 0, got {delay}')
   executor = futures.ThreadPoolExecutor(1, thread_name_prefix='shrink')
   pending: Optional[PendingShrink] = None
+  stats_fn = None  # the death check compiled for the current widths
 
   def save(step: int) -> None:
     run['widths'] = [int(w) for w in model.widths]
@@ -270,12 +272,14 @@ def train(config, workdir: str) -> dict:
     run['last_good'] = step
 
   def start_shrink(swap_step: int, keep: dict, new_alive: dict,
-                   probe=None, reference=None) -> PendingShrink:
+                   probe=None, reference=None,
+                   held_images=None) -> PendingShrink:
     """Slices a host snapshot (the held units are exactly zero, so this is
     the network being trained), checks it on ``probe`` and compiles the
     shrunk train step, all on a background thread at low priority.
     ``reference``: the variables before the units were held, for
-    ``max_output_change``."""
+    ``max_output_change``; ``held_images``: the shape and sharding of the
+    death check's batches, to compile it for the new widths too."""
     variables = _snapshot(state.variables)
     opt_state = _snapshot(state.opt_state)
     old_model = model
@@ -296,7 +300,13 @@ def train(config, workdir: str) -> dict:
           lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
                                          sharding=dp.replicated),
           TrainState(np.zeros([], np.int32), res.variables, res.opt_state))
-      return res.model, compiler(res.model, abstract, *sample), info
+      compiled = compiler(res.model, abstract, *sample)
+      check = None
+      if held_images is not None:
+        check = stats_lib.saturation_stats.lower(
+            res.model, abstract.variables, held_images,
+            float(getattr(updater, 'epsilon', 0.0))).compile()
+      return res.model, compiled, check, info
 
     return PendingShrink(swap_step, keep, new_alive, executor.submit(job),
                          run['events'][-1])
@@ -305,9 +315,10 @@ def train(config, workdir: str) -> dict:
     """Slices the live state, switches to the shrunk step compiled in the
     background (waiting for it if it is not ready) and checkpoints."""
     nonlocal model, state, step_fn, step_flops, updater, alive, pending
+    nonlocal stats_fn
     p = pending
     t0 = time.perf_counter()
-    new_model, compiled, info = p.job.result()  # re-raises SurgeryError
+    new_model, compiled, stats_fn, info = p.job.result()  # SurgeryError
     wait = time.perf_counter() - t0
     res = surgery.shrink(model, parallel.fetch(state.variables), p.keep,
                          input_shape=input_shape,
@@ -357,7 +368,7 @@ def train(config, workdir: str) -> dict:
     images, labels = dp.shard_held(local)
     ctx = PruneContext(step, model, state.variables, state.opt_state,
                        input_shape, normalize(images, mean, std), labels,
-                       getattr(updater, 'epsilon', 0.0))
+                       getattr(updater, 'epsilon', 0.0), stats_fn=stats_fn)
     t0 = time.perf_counter()
     keep = updater.choose_keep(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0,
@@ -402,8 +413,12 @@ def train(config, workdir: str) -> dict:
                                map(int, model.widths)))
     event['live_units'] = {k: int(v.sum()) for k, v in alive.items()}
     if plan.shrinks:
+      # the updater reads the death check: compile it for the new widths
+      held = (jax.ShapeDtypeStruct(ctx.images.shape, ctx.images.dtype,
+                                   sharding=ctx.images.sharding)
+              if ctx._stats is not None else None)
       pending = start_shrink(min(step + delay, num_steps), plan.physical,
-                             plan.alive, probe, reference)
+                             plan.alive, probe, reference, held)
     event['hold_seconds'] = time.perf_counter() - t0
     if pending is not None and pending.swap_step <= step:
       swap(step)
