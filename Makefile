@@ -8,9 +8,11 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 .PHONY: demo dense test install data
 
 demo: install data
+	rm -rf runs/demo  # a fresh run each time
 	$(PY) -m experiments.train --config configs/fashion_mnist_demp.py --workdir runs/demo
 
 dense: install data
+	rm -rf runs/dense
 	$(PY) -m experiments.train --config configs/fashion_mnist_demp.py --workdir runs/dense --config.sparsity_config.algorithm=no_prune
 
 test: install data

@@ -50,6 +50,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -395,6 +396,8 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
                         dict(user_sparsity or {}), extra)
     knob_txt = 'none' if knob is None else f'{knob:g}'
     workdir = os.path.join(out, 'runs', method, f'{knob_txt}_s{seed}')
+    # no row: the run never finished; start it again from nothing
+    shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
     try:
       summary = loop.train(cfg, workdir)

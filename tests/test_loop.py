@@ -196,6 +196,17 @@ def test_background_compile_swaps_at_a_fixed_step_and_resumes_exactly(
     np.testing.assert_array_equal(x, y)
 
 
+@needs_fmnist
+def test_a_fresh_run_refuses_a_workdir_with_checkpoints(tmp_path):
+  c = tiny(**{'sparsity_config.algorithm': 'no_prune', 'num_steps': 3})
+  loop.train(c, str(tmp_path))
+  before = open(tmp_path / 'metrics.csv').read()
+  with pytest.raises(FileExistsError, match='resume=True'):
+    loop.train(c, str(tmp_path))
+  assert open(tmp_path / 'metrics.csv').read() == before  # nothing lost
+  assert os.path.isdir(tmp_path / 'checkpoints' / '3')
+
+
 def test_negative_shrink_delay_is_refused(tmp_path):
   with pytest.raises(ValueError, match='shrink_delay'):
     loop.train(tiny(shrink_delay=-1), str(tmp_path))

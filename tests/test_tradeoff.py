@@ -162,6 +162,12 @@ def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
     assert os.path.getsize(os.path.join(out, name)) > 1000
   table = open(os.path.join(out, tradeoff.TABLE)).read()
   assert all(f'| {m} |' in table for m in NATIVE)
+  # a row removed (an unfinished run) is run again over its old workdir
+  with open(os.path.join(out, tradeoff.RESULTS), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows if r['method'] != 'snap')
+  assert tradeoff.main(argv + ['--methods', 'snap']) == 0
+  again = {r['method']: r for r in tradeoff.read_rows(out)}
+  assert again['snap']['status'] == 'ok' and len(again) == len(NATIVE)
   # a second invocation adds nothing
   capsys.readouterr()
   assert tradeoff.main(argv + ['--no-plots']) == 0

@@ -215,6 +215,13 @@ def train(config, workdir: str) -> dict:
       augment_lib.get(splits.augment))
   compiler = Compiler(make_step)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  existing = ckpt.latest_step()
+  if existing is not None and not config.get('resume', False):
+    ckpt.close()  # before anything in workdir is written over
+    raise FileExistsError(
+        f'{ckpt.directory} already holds checkpoints (latest step '
+        f'{existing}): set config.resume=True to continue that run, or use '
+        'a new workdir')
   writer = metrics_lib.MetricWriter(workdir, enabled=main)
   key = jax.random.PRNGKey(int(config.seed) + 1)
   round_to = int(config.get('round_widths_to', 1) or 1)
