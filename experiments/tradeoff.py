@@ -470,13 +470,26 @@ def plot(rows: list[dict], out: str) -> list[str]:
       (PLOTS[2], lambda r: r.get('train_seconds'),
        'training time (s, train loop without evaluation)'),
   ]
+  accs = [r['test_accuracy'] for r in rows if r.get('status') == 'ok' and
+          np.isfinite(r.get('test_accuracy', np.nan))]
+  # the accuracy axis spans 0.1 below the best run, so that collapsed runs
+  # do not flatten the rest; those are drawn on the bottom edge as 'v'
+  floor = max(accs) - 0.1 if accs else 0.0
   paths = []
   for name, x_of, xlabel in specs:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for method, (xs, ys, masked) in sorted(_points(rows, x_of).items()):
       label = f'{method} (masks only)' if masked else method
-      ax.plot(xs, ys, '--' if masked else '-', marker='o',
-              mfc='none' if masked else None, label=label)
+      shown = [max(y, floor) for y in ys]
+      line, = ax.plot(xs, shown, '--' if masked else '-', marker='o',
+                      mfc='none' if masked else None, label=label)
+      low = [(x, floor) for x, y in zip(xs, ys) if y < floor]
+      if low:
+        ax.plot(*zip(*low), 'v', color=line.get_color(), ms=9)
+    if any(a < floor for a in accs):
+      ax.set_title(f'v: test accuracy below {floor:.2f} (collapsed run)',
+                   fontsize=9)
+    ax.set_ylim(floor - 0.005, (max(accs) if accs else 1.0) + 0.005)
     ax.set_xlabel(xlabel)
     ax.set_ylabel('test accuracy')
     ax.grid(alpha=0.3)
