@@ -10,8 +10,12 @@ its new widths.
 
 The promise, checked on a probe batch in eval mode: the shrunk network's
 logits equal those of the *masked* network, the original with the removed
-units silenced (see :func:`demp_jax.topology.silence_units`), within
-``rtol = atol = 1e-5`` in float32. When the removed units were dead on the
+units silenced (see :func:`demp_jax.topology.silence_units`), up to float32
+rounding: ``max |shrunk - masked| <= atol + rtol * max |masked|`` with
+``rtol = 1e-4, atol = 1e-5``. The bound is on the whole batch's scale,
+because the narrower layers sum in another order and the rounding of a
+logit follows the size of the sums behind it, not of the logit itself; a
+missing leaf in a topology moves logits by O(their scale). When the removed units were dead on the
 probe data, the masked network is the original network there.
 
 Function-preserving removal (``shrink(..., fold_constants=True)``): a removed
@@ -298,7 +302,7 @@ def eval_logits(model: Any, variables: Mapping[str, Any],
 
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
            *, input_shape, opt_state: Any = None, tx: Any = None,
-           probe: Optional[jax.Array] = None, rtol: float = 1e-5,
+           probe: Optional[jax.Array] = None, rtol: float = 1e-4,
            atol: float = 1e-5, fold_constants: bool = False,
            constants: Optional[Mapping[str, Any]] = None,
            constant_tol: float = 1e-6, min_width: int = 1) -> Shrunk:
@@ -380,12 +384,13 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     after = eval_logits(new_model, new_vars, probe)
     masked_diff = float(jnp.max(jnp.abs(after - masked)))
     change = float(jnp.max(jnp.abs(after - before)))
-    if not np.allclose(np.asarray(after), np.asarray(masked), rtol=rtol,
-                       atol=atol):
+    bound = atol + rtol * float(jnp.max(jnp.abs(masked)))
+    if not masked_diff <= bound:  # NaN fails too
       raise SurgeryError(
           f'shrunk logits differ from the masked logits by up to '
-          f'{masked_diff:.3g} on the probe batch (tolerance rtol={rtol}, '
-          f'atol={atol}); removed units per group: {removed}. The unit '
+          f'{masked_diff:.3g} on the probe batch, above {bound:.3g} '
+          f'(atol={atol} + rtol={rtol} x max |masked logit|); removed units '
+          f'per group: {removed}. The unit '
           f'topology of {type(model).__name__} is probably missing a leaf.')
   return Shrunk(new_model, new_vars, new_opt, removed, masked_diff, change,
                 folded)

@@ -162,7 +162,8 @@ def check(arch: str, case: Case) -> None:
   res = surgery.shrink(model, v, keep, input_shape=spec.input_shape,
                        opt_state=opt_state, tx=tx, probe=x, min_width=0)
 
-  # shrink raised SurgeryError unless |shrunk - masked| <= 1e-5 (1 + |masked|)
+  # shrink raised SurgeryError unless max |shrunk - masked| <= 1e-5 +
+  # 1e-4 max |masked|
   assert np.isfinite(res.max_masked_diff) and np.isfinite(
       res.max_output_change)
   assert tuple(res.model.widths) == tuple(int(keep[n].sum())
