@@ -64,16 +64,14 @@ class StepVariant:
   """A compiled train step, its state, and a way to time it."""
 
   def __init__(self, model, tx, updater, params_state, batches, mean, std):
-    fn = jax.jit(make_train_step(model, tx, updater, mean, std),
-                 donate_argnums=0)
     self.batches = batches
     key = jax.random.PRNGKey(0)
-    t0 = time.perf_counter()
-    self.step = fn.lower(params_state, *batches[0], key).compile()
-    self.compile_seconds = time.perf_counter() - t0
-    cost = self.step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get('flops', float('nan')))
+    compiled = loop.Compiler(
+        lambda m: make_train_step(m, tx, updater, mean, std))(
+            model, params_state, *batches[0], key)
+    self.step = compiled.fn
+    self.compile_seconds = compiled.seconds
+    self.flops = compiled.flops
     self.state = jax.tree.map(jnp.copy, params_state)  # donated: own copy
     self.key = key
     self.times: list[float] = []
