@@ -9,7 +9,8 @@ for every unit ``i`` of every group (activation ``a`` of shape
   ReLU outputs ``|a| = a``, so with ``eps = 0`` this is the DemP criterion
   "zero on every input and position"; ``|a|`` keeps the test meaningful for
   activations with negative outputs (GELU, leaky ReLU).
-* ``apoz``: average percentage of zeros, the fraction of entries ``a_i = 0``.
+* ``apoz``: average percentage of zeros, the fraction of entries ``a_i = 0``
+  (NaN if an activation is NaN).
 * ``mean_abs``: mean ``|a_i|`` over examples and positions.
 * ``dormancy``: the tau-dormant score ``mean_abs_i / mean_j mean_abs_j``
   within the group (ReDo); a unit is tau-dormant if it is ``<= tau``.
@@ -71,9 +72,14 @@ def _stats(model: nn.Module, variables: Mapping[str, Any], batches: jax.Array,
     for name, (dead, zeros, abs_sum, lo, hi) in carry.items():
       a = acts[name].astype(jnp.float32)
       axes = tuple(range(a.ndim - 1))
+      count = float(math.prod(a.shape[:-1]))
       s = jnp.sum(jnp.abs(a), axis=axes)
+      # zeros as count - sum(sign|a|): the same number as sum(a == 0), but a
+      # float reduction that XLA:CPU vectorises; with the bool one the pass
+      # took 1.85x a plain forward instead of 1.2x (bench_step's
+      # death_check_ratio on the demo CNN)
       new[name] = (dead & (s <= epsilon),
-                   zeros + jnp.sum(a == 0, axis=axes).astype(jnp.float32),
+                   zeros + (count - jnp.sum(jnp.sign(jnp.abs(a)), axis=axes)),
                    abs_sum + s,
                    jnp.minimum(lo, jnp.min(a, axis=axes)),
                    jnp.maximum(hi, jnp.max(a, axis=axes)))
