@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -38,7 +39,7 @@ from demp_jax.data import held_batches, normalize, train_batches
 from demp_jax.training import optim
 from demp_jax.training import loop
 from demp_jax.training.steps import TrainState, make_train_step
-from experiments.benchlib import machine
+from experiments.benchlib import machine, runtime_env
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
@@ -75,37 +76,52 @@ class StepVariant:
     self.state = jax.tree.map(jnp.copy, params_state)  # donated: own copy
     self.key = key
     self.times: list[float] = []
+    self.faults: list[int] = []
 
   def run(self, n: int) -> None:
     for i in range(n):
       images, labels = self.batches[i % len(self.batches)]
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
       self.state, m = self.step(self.state, images, labels, self.key)
       jax.block_until_ready(self.state)
       self.times.append(time.perf_counter() - t0)
+      self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                         - f0)
 
   @property
   def seconds(self) -> float:
     return float(statistics.median(self.times))
+
+  @property
+  def page_faults(self) -> float:
+    """Median minor page faults of the process per step: memory the step's
+    buffers touch for the first time (4 KiB each without huge pages)."""
+    return float(statistics.median(self.faults))
 
 
 def interleave(variants: dict, rounds: int, steps: int) -> None:
   for v in variants.values():
     v.run(2)  # warm-up
     v.times.clear()
+    v.faults.clear()
   for _ in range(rounds):
     for v in variants.values():
       v.run(steps)
 
 
-def time_fn(fn, *args, rounds: int) -> float:
-  jax.block_until_ready(fn(*args))
-  ts = []
+def time_interleaved(fns: dict, rounds: int) -> dict[str, float]:
+  """Median seconds of each ``fn()``, run in turn ``rounds`` times so that
+  drift in the machine's load hits all of them alike."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  ts = {k: [] for k in fns}
   for _ in range(rounds):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return float(statistics.median(ts))
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      ts[k].append(time.perf_counter() - t0)
+  return {k: float(statistics.median(v)) for k, v in ts.items()}
 
 
 def main(argv):
@@ -165,18 +181,22 @@ def main(argv):
   held = normalize(jnp.asarray(images), mean, std)
   plain_eval = jax.jit(lambda v, x: jax.lax.map(
       lambda xb: model.apply(v, xb, train=False), x))
-  check = time_fn(stats.saturation_stats, model, variables, held, 0.0,
-                  rounds=_ROUNDS.value)
-  forward = time_fn(plain_eval, variables, held, rounds=_ROUNDS.value)
+  t = time_interleaved(
+      {'check': lambda: stats.saturation_stats(model, variables, held, 0.0),
+       'forward': lambda: plain_eval(variables, held)}, 3 * _ROUNDS.value)
+  check, forward = t['check'], t['forward']
 
   dense = variants['demp']
   out = {
       'machine': machine(),
+      'env': runtime_env(),
       'config': str(_CONFIG.value.model.to_dict()),
       'batch_size': int(config.batch_size),
       'plain_step_seconds': variants['plain'].seconds,
       'demp_step_seconds': dense.seconds,
       'overhead_ratio': dense.seconds / variants['plain'].seconds,
+      'plain_step_page_faults': variants['plain'].page_faults,
+      'demp_step_page_faults': dense.page_faults,
       'death_check_seconds': check,
       'eval_forward_seconds': forward,
       'death_check_ratio': check / forward,
@@ -191,6 +211,7 @@ def main(argv):
         'shrunk_speedup': dense.seconds / shrunk.seconds,
         'flop_speedup': dense.flops / shrunk.flops,
         'masked_speedup': dense.seconds / masked.seconds,
+        'shrunk_step_page_faults': shrunk.page_faults,
         'shrunk_over_flop': (dense.seconds / shrunk.seconds) /
                             (dense.flops / shrunk.flops),
         **ev}

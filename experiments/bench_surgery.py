@@ -44,7 +44,7 @@ from absl import flags
 from demp_jax import flops as flops_lib
 from demp_jax import models, surgery
 from demp_jax import topology as topo
-from experiments.benchlib import machine
+from experiments.benchlib import machine, runtime_env
 
 _MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
@@ -204,6 +204,7 @@ def run(model_name: str, overrides: dict, input_shape: Sequence[int],
       'bytes_in': int(sum(np.asarray(x).nbytes for x in
                           jax.tree.leaves((variables, opt_state)))),
       'machine': machine(),
+      'env': runtime_env(),
       'hostname': os.uname().nodename,
   }
 

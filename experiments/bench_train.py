@@ -23,7 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from demp_jax.training import loop
-from experiments.benchlib import machine
+from experiments.benchlib import machine, runtime_env
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
@@ -43,7 +43,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   base = os.path.splitext(os.path.abspath(_OUT.value))[0]
-  out = {'machine': machine(), 'target_accuracy': _TARGET.value, 'runs': {}}
+  out = {'machine': machine(), 'env': runtime_env(),
+         'target_accuracy': _TARGET.value, 'runs': {}}
   for algorithm in (_CONFIG.value.sparsity_config.algorithm, 'no_prune'):
     config = _CONFIG.value.copy_and_resolve_references()
     config.unlock()

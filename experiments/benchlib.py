@@ -19,3 +19,10 @@ def machine() -> str:
     pass
   return (f'{os.cpu_count()} cores, {cpu}; jax {jax.__version__} on '
           f'{jax.devices()[0].platform} ({jax.device_count()} device(s))')
+
+
+def runtime_env() -> dict[str, str]:
+  """The environment settings that change step times: the allocator
+  (``GLIBC_TUNABLES``, ``LD_PRELOAD``) and XLA's flags."""
+  return {k: os.environ.get(k, '') for k in
+          ('GLIBC_TUNABLES', 'LD_PRELOAD', 'XLA_FLAGS')}

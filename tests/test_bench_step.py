@@ -25,11 +25,15 @@ def test_bench_step_writes_every_ratio(tmp_path):
   rec = json.load(open(out))
   for key in ('overhead_ratio', 'death_check_ratio'):
     assert np.isfinite(rec[key]) and rec[key] > 0, key
+  for key in ('plain_step_page_faults', 'demp_step_page_faults'):
+    assert rec[key] >= 0, key
+  assert set(rec['env']) == {'GLIBC_TUNABLES', 'LD_PRELOAD', 'XLA_FLAGS'}
   assert set(rec['keep']) == {'0.5', '0.25'}
   for frac, k in rec['keep'].items():
     assert k['flop_speedup'] > 1, frac  # fewer units, fewer FLOPs
     for key in ('shrunk_speedup', 'masked_speedup', 'surgery_seconds',
                 'recompile_seconds'):
       assert np.isfinite(k[key]) and k[key] > 0, (frac, key)
+    assert k['shrunk_step_page_faults'] >= 0, frac
   assert (rec['keep']['0.25']['flop_speedup'] >
           rec['keep']['0.5']['flop_speedup'])
