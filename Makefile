@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# XLA:CPU allocates each step's temporary buffers afresh; with 4 KiB pages
+# the kernel faults them in page by page on every step (about 21,600 faults
+# per step of the demo's dense CNN). Transparent huge pages for malloc
+# (glibc >= 2.35; older glibc ignores it) remove most of that cost: see
+# "Allocator" in the README. Set GLIBC_TUNABLES yourself to override.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo dense test install data
 
