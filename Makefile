@@ -11,7 +11,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # "Allocator" in the README. Set GLIBC_TUNABLES yourself to override.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo dense test install data
+.PHONY: demo dense bench test install data
 
 demo: install data
 	rm -rf runs/demo  # a fresh run each time
@@ -20,6 +20,12 @@ demo: install data
 dense: install data
 	rm -rf runs/dense
 	$(PY) -m experiments.train --config configs/fashion_mnist_demp.py --workdir runs/dense --config.sparsity_config.algorithm=no_prune
+
+# The speed benchmarks of the README's Speed section, on the demo's CNN.
+bench: install data
+	rm -rf runs/bench_train  # fresh runs each time
+	$(PY) -m experiments.bench_step --config configs/fashion_mnist_demp.py --rounds 15 --out runs/bench_step_fmnist_cnn.json
+	$(PY) -m experiments.bench_train --config configs/fashion_mnist_demp.py --out runs/bench_train/bench_train.json
 
 test: install data
 	$(PY) -m pytest -q
