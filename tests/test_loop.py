@@ -58,6 +58,30 @@ def test_demp_prunes_shrinks_and_writes_the_summary(tmp_path):
 
 
 @needs_fmnist
+def test_events_that_change_no_unit_skip_the_host_round_trip(tmp_path,
+                                                              monkeypatch):
+  # every unit is dead at once (huge epsilon): step 10 removes all but
+  # min_width, and the later events find nothing more to remove
+  calls = []
+  real = loop.hold_dead
+
+  def counting(updater, state, alive, constants, dp):
+    calls.append(int(state.step))
+    return real(updater, state, alive, constants, dp)
+
+  monkeypatch.setattr(loop, 'hold_dead', counting)
+  c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
+              'round_widths_to': 1, 'num_steps': 25})
+  s = loop.train(c, str(tmp_path))
+  events = [e['step'] for e in s['pruning_events']]
+  assert len(events) >= 3 and s['units_final'] == 9
+  # one hold at the event that removed units, one on the shrunk state at
+  # the swap; none at the events after it
+  swap = s['pruning_events'][0]['swap_step']
+  assert calls == [events[0], swap]
+
+
+@needs_fmnist
 def test_width_buckets_mask_instead_of_recompiling(tmp_path):
   c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
               'round_widths_to': 8, 'num_steps': 25})

@@ -412,8 +412,11 @@ def train(config, workdir: str) -> dict:
     # From now on the removed units are held at zero (constant ones folded
     # into their consumers first): the masked network is the shrunk one.
     constants = removed_constants(updater.constants(ctx), keep)
+    changed = any(not np.array_equal(keep[k], alive[k]) for k in keep)
     alive = keep
-    state = hold_dead(updater, state, alive, constants, dp)
+    if changed or constants or masks is not None:
+      # a round trip through the host: skipped when no unit changed
+      state = hold_dead(updater, state, alive, constants, dp)
     event['folded'] = {k: int(np.count_nonzero(v))
                        for k, v in (constants or {}).items()}
     event['widths'] = dict(zip(updater.topology.names,
