@@ -15,8 +15,9 @@ rounding: ``max |shrunk - masked| <= atol + rtol * max |masked|`` with
 ``rtol = 1e-4, atol = 1e-5``. The bound is on the whole batch's scale,
 because the narrower layers sum in another order and the rounding of a
 logit follows the size of the sums behind it, not of the logit itself; a
-missing leaf in a topology moves logits by O(their scale). When the removed units were dead on the
-probe data, the masked network is the original network there.
+missing leaf in a topology moves logits by O(their scale). When the removed
+units were dead on the probe data, the masked network is the original
+network there.
 
 Function-preserving removal (``shrink(..., fold_constants=True)``): a removed
 unit whose output is a constant ``c != 0`` on the data (e.g. a BatchNorm
