@@ -10,7 +10,8 @@ Writes JSON with, on the same batches and the same model:
 * ``death_check_ratio``: the death-check pass over a plain eval forward on
   the same examples;
 * for each keep fraction: ``shrunk_speedup`` (dense step / physically
-  shrunk step), ``flop_speedup`` (XLA cost analysis of the two steps),
+  shrunk step), ``flop_speedup`` and ``bytes_speedup`` (XLA's cost
+  analysis of the two steps: FLOPs, and bytes read plus written),
   ``masked_speedup`` (dense step / the same keep fraction applied as masks
   only, JaxPruner-style), and ``surgery_seconds`` / ``recompile_seconds``.
 
@@ -73,6 +74,7 @@ class StepVariant:
     self.step = compiled.fn
     self.compile_seconds = compiled.seconds
     self.flops = compiled.flops
+    self.bytes_accessed = compiled.bytes_accessed
     self.state = jax.tree.map(jnp.copy, params_state)  # donated: own copy
     self.key = key
     self.times: list[float] = []
@@ -210,10 +212,13 @@ def main(argv):
         'masked_step_seconds': masked.seconds,
         'shrunk_speedup': dense.seconds / shrunk.seconds,
         'flop_speedup': dense.flops / shrunk.flops,
+        'bytes_speedup': dense.bytes_accessed / shrunk.bytes_accessed,
         'masked_speedup': dense.seconds / masked.seconds,
         'shrunk_step_page_faults': shrunk.page_faults,
         'shrunk_over_flop': (dense.seconds / shrunk.seconds) /
                             (dense.flops / shrunk.flops),
+        'shrunk_over_bytes': (dense.seconds / shrunk.seconds) /
+                             (dense.bytes_accessed / shrunk.bytes_accessed),
         **ev}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, 'w') as f:

@@ -31,6 +31,8 @@ def test_bench_step_writes_every_ratio(tmp_path):
   assert set(rec['keep']) == {'0.5', '0.25'}
   for frac, k in rec['keep'].items():
     assert k['flop_speedup'] > 1, frac  # fewer units, fewer FLOPs
+    # ... and fewer bytes, but only about linearly in width (activations)
+    assert 1 < k['bytes_speedup'] < k['flop_speedup'], frac
     for key in ('shrunk_speedup', 'masked_speedup', 'surgery_seconds',
                 'recompile_seconds'):
       assert np.isfinite(k[key]) and k[key] > 0, (frac, key)

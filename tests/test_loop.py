@@ -52,6 +52,8 @@ def test_demp_prunes_shrinks_and_writes_the_summary(tmp_path):
   shrink_events = [e for e in s['pruning_events'] if 'surgery_seconds' in e]
   assert len(shrink_events) == 1 and shrink_events[0]['step'] == 10
   assert shrink_events[0]['max_masked_diff'] <= 1e-5
+  # the death check for the new widths is compiled with the shrunk step
+  assert shrink_events[0]['check_compile_seconds'] > 0
   assert s['compiles'] == 2  # the first compile and one after the surgery
   assert 0 <= s['test_accuracy'] <= 1
   assert os.path.isdir(tmp_path / 'checkpoints' / '25')

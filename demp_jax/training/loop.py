@@ -91,6 +91,7 @@ class CompiledStep(NamedTuple):
   fn: Any         # the AOT-compiled train step
   seconds: float  # lowering plus XLA compilation
   flops: float    # XLA's cost analysis of one step (NaN when unknown)
+  bytes_accessed: float  # the same analysis: bytes the step reads + writes
 
 
 class Compiler:
@@ -113,8 +114,10 @@ class Compiler:
       self.count += 1
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = cost or {}
     return CompiledStep(compiled, seconds,
-                        float((cost or {}).get('flops', float('nan'))))
+                        float(cost.get('flops', float('nan'))),
+                        float(cost.get('bytes accessed', float('nan'))))
 
 
 def evaluate(model, variables, ds, batch_size, mean, std,
@@ -313,9 +316,11 @@ def train(config, workdir: str) -> dict:
       compiled = compiler(res.model, abstract, *sample)
       check = None
       if held_images is not None:
+        t1 = time.perf_counter()
         check = stats_lib.saturation_stats.lower(
             res.model, abstract.variables, held_images,
             float(getattr(updater, 'epsilon', 0.0))).compile()
+        info['check_compile_seconds'] = time.perf_counter() - t1
       return res.model, compiled, check, info
 
     return PendingShrink(swap_step, keep, new_alive, executor.submit(job),
