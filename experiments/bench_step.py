@@ -207,18 +207,19 @@ def main(argv):
   }
   for frac, ev in events.items():
     shrunk, masked = variants[f'shrunk_{frac}'], variants[f'masked_{frac}']
+    speedup = dense.seconds / shrunk.seconds
+    flop = dense.flops / shrunk.flops
+    bytes_ = dense.bytes_accessed / shrunk.bytes_accessed
     out['keep'][str(frac)] = {
         'shrunk_step_seconds': shrunk.seconds,
         'masked_step_seconds': masked.seconds,
-        'shrunk_speedup': dense.seconds / shrunk.seconds,
-        'flop_speedup': dense.flops / shrunk.flops,
-        'bytes_speedup': dense.bytes_accessed / shrunk.bytes_accessed,
+        'shrunk_speedup': speedup,
+        'flop_speedup': flop,
+        'bytes_speedup': bytes_,
         'masked_speedup': dense.seconds / masked.seconds,
         'shrunk_step_page_faults': shrunk.page_faults,
-        'shrunk_over_flop': (dense.seconds / shrunk.seconds) /
-                            (dense.flops / shrunk.flops),
-        'shrunk_over_bytes': (dense.seconds / shrunk.seconds) /
-                             (dense.bytes_accessed / shrunk.bytes_accessed),
+        'shrunk_over_flop': speedup / flop,
+        'shrunk_over_bytes': speedup / bytes_,
         **ev}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, 'w') as f:
