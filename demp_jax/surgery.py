@@ -79,9 +79,14 @@ class _LeafPlan(NamedTuple):
 def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
                shape: tuple[int, ...]) -> _LeafPlan:
   """What to do to one leaf: the indices to take per axis and the value
-  renumberings of index maps, from its topology entries."""
+  renumberings of index maps, from its topology entries.
+
+  On an axis, a position is dropped when the unit owning it is removed;
+  positions no group owns are kept. Several groups may share an axis (the
+  parts of a concatenation) if their positions do not overlap."""
   ndim = len(shape)
-  takes: dict[int, np.ndarray] = {}
+  kept: dict[int, np.ndarray] = {}
+  owned: dict[int, np.ndarray] = {}
   remaps = []
   for group, ref, role in entries:
     keep = keeps[group.name]
@@ -90,22 +95,32 @@ def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
       remap[keep] = np.arange(len(keep))
       remaps.append(remap)
       continue
-    idx = keep if ref.kind == 'index' else topo.keep_index(ref, keep,
-                                                           group.size)
     if not -ndim <= ref.axis < ndim:
       raise ValueError(f'{ref} (group {group.name!r}) does not fit an array '
                        f'of shape {shape}')
     axis = ref.axis % ndim
-    want = group.size if ref.kind == 'index' else group.size * ref.tile
-    if shape[axis] != want:
+    length = shape[axis]
+    pos = (np.arange(group.size)[:, None] if ref.kind == 'index' else
+           ref.positions(group.size))
+    full = ref.kind == 'index' or (ref.start == 0 and ref.stride is None)
+    want = group.size if ref.kind == 'index' else ref.length(group.size)
+    if (full and length != want) or (pos.size and pos.max() >= length):
       raise ValueError(f'{ref} (group {group.name!r}, {group.size} units) '
                        f'meets an array of shape {shape}; axis {axis} should '
                        f'have length {want}')
-    if axis in takes:
-      raise ValueError(f'two unit groups index axis {axis} of {ref}; a leaf '
-                       'axis belongs to one group')
-    takes[axis] = np.asarray(idx)
-  return _LeafPlan(tuple(sorted(takes.items())), tuple(remaps))
+    mine = owned.setdefault(axis, np.zeros(length, bool))
+    if mine[pos].any():
+      raise ValueError(f'two unit groups index the same positions of axis '
+                       f'{axis} of {ref}; a leaf position belongs to one '
+                       'group')
+    mine[pos] = True
+    removed = np.ones(group.size, bool)
+    removed[keep] = False
+    k = kept.setdefault(axis, np.ones(length, bool))
+    k[pos[removed]] = False
+  takes = tuple((axis, np.flatnonzero(k)) for axis, k in sorted(kept.items())
+                if not k.all())
+  return _LeafPlan(takes, tuple(remaps))
 
 
 def _gather(x: np.ndarray, takes) -> np.ndarray:
@@ -243,8 +258,9 @@ def fold_into_consumers(topology: topo.UnitTopology,
   :class:`demp_jax.topology.FoldRef` the target leaf ``t`` becomes
   ``t + sign * delta`` with
 
-  * kernel consumer ``K`` (output axis last, unit axis ``ref.axis`` of length
-    ``tile * n``): ``delta[o] = sum_i c_i sum_{p, taps} K[taps, p*n + i, o]``;
+  * kernel consumer ``K`` (output axis last, unit ``i`` owning the positions
+    ``P_i`` of axis ``ref.axis``, see :meth:`AxisRef.positions`):
+    ``delta[o] = sum_i c_i sum_{p in P_i, taps} K[taps, p, o]``;
   * index consumer ``idx``: ``delta[j] = c_{idx[j]}`` (0 where
     ``idx[j] = -1``).
 
@@ -272,9 +288,11 @@ def fold_into_consumers(topology: topo.UnitTopology,
         valid = idx >= 0
         delta = np.where(valid, c[np.where(valid, idx, 0)], 0.0)
       else:
+        # K[taps..., position, ..., out] -> [position, taps, out]
         k = np.moveaxis(leaf, ref.axis % leaf.ndim, 0)
-        k = k.reshape(ref.tile, g.size, -1, k.shape[-1])[:, nz]
-        delta = np.einsum('i,pijo->o', c[nz], k.astype(np.float64))
+        k = k.reshape(k.shape[0], -1, k.shape[-1])
+        pos = ref.positions(g.size)[nz]            # [units, owned positions]
+        delta = np.einsum('i,ipjo->o', c[nz], k[pos].astype(np.float64))
       key = ref.fold.key
       deltas[key] = deltas.get(key, 0.0) + ref.fold.sign * delta
   out = dict(variables)
