@@ -320,7 +320,7 @@ def eval_logits(model: Any, variables: Mapping[str, Any],
 
 
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
-           *, input_shape, opt_state: Any = None, tx: Any = None,
+           *, opt_state: Any = None, tx: Any = None,
            probe: Optional[jax.Array] = None, rtol: float = 1e-4,
            atol: float = 1e-5, fold_constants: bool = False,
            constants: Optional[Mapping[str, Any]] = None,
@@ -328,11 +328,10 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
   """Removes the units not in ``keep`` and rebuilds the model smaller.
 
   Args:
-    model: a width-parametrised model (see :mod:`demp_jax.models`).
+    model: the model, a :class:`demp_jax.net.Net`.
     variables: its variables: ``params``, ``batch_stats``, ...
     keep: group name -> bool vector over the group's units (True = keep) or
       array of kept indices. Missing groups are kept whole.
-    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
     opt_state: optional optimiser state to slice alongside; needs ``tx``.
     tx: the optimiser that made ``opt_state``.
     probe: optional batch ``[B, *input_shape]``; when given, checks that the
@@ -359,7 +358,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
   if fold_constants and constants is None and probe is None:
     raise ValueError('shrink(fold_constants=True) needs the constants or a '
                      'probe batch to measure them on')
-  topology = model.unit_topology(input_shape)
+  topology = model.topology
   topology.validate(variables)
   keeps = keep_indices(topology, keep, min_width)
   alive = {}
@@ -388,8 +387,8 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     if any(folded.values()):
       source = fold_into_consumers(topology, variables, values)
   new_vars = shrink_variables(topology, source, keeps)
-  new_model = model.with_widths([len(keeps[n]) for n in topology.names])
-  new_model.unit_topology(input_shape).validate(new_vars)
+  new_model = model.at_widths({n: len(keeps[n]) for n in topology.names})
+  new_model.topology.validate(new_vars)
   new_opt = (None if opt_state is None else
              shrink_opt_state(tx, opt_state, variables['params'], topology,
                               keeps))
@@ -409,7 +408,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
           f'shrunk logits differ from the masked logits by up to '
           f'{masked_diff:.3g} on the probe batch, above {bound:.3g} '
           f'(atol={atol} + rtol={rtol} x max |masked logit|); removed units '
-          f'per group: {removed}. The unit '
-          f'topology of {type(model).__name__} is probably missing a leaf.')
+          f'per group: {removed}. The unit topology of '
+          f'{type(model.module).__name__} is probably missing a leaf.')
   return Shrunk(new_model, new_vars, new_opt, removed, masked_diff, change,
                 folded)
