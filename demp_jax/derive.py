@@ -370,6 +370,7 @@ class _Analysis:
     self.leaf_of: dict[int, int] = {v.id: i for i, v in
                                     enumerate(program.leaf_vars)}
     self.reads: dict[int, list[str]] = {}          # leaf -> op descriptions
+    self.first_read: dict[int, int] = {}           # leaf -> order of use
     # consumer records: (eqn, data operand info, kernel leaf axes, fold)
     self.consumers: list[tuple[prog.Eqn, dict, list, Optional[topo.FoldRef]]]
     self.consumers = []
@@ -412,8 +413,9 @@ class _Analysis:
   def note_reads(self, e: prog.Eqn) -> None:
     for a in e.invars:
       if isinstance(a, prog.Var) and a.id in self.leaf_of:
-        self.reads.setdefault(self.leaf_of[a.id], []).append(
-            f'{e.name} at {e.where}')
+        leaf = self.leaf_of[a.id]
+        self.first_read.setdefault(leaf, len(self.first_read))
+        self.reads.setdefault(leaf, []).append(f'{e.name} at {e.where}')
 
   def step(self, e: prog.Eqn) -> None:
     self.note_reads(e)
@@ -894,9 +896,10 @@ def _geometry(idx: np.ndarray, n: int) -> Optional[dict]:
   inner = int(runs[0] + 1) if runs.size else int(pos0.size)
   tile = pos0.size // inner
   start = int(pos0[0])
-  stride = int(pos0[inner] - pos0[0]) if tile > 1 else n * inner
-  geo = dict(start=start, tile=tile,
-             stride=None if tile == 1 or stride == n * inner else stride,
+  stride = int(pos0[inner] - pos0[0]) if tile > 1 else idx.size
+  # the default stride marks a reference that covers the whole axis
+  whole = start == 0 and tile * n * inner == idx.size
+  geo = dict(start=start, tile=tile, stride=None if whole else stride,
              inner=inner)
   ref = topo.AxisRef('params', ('_',), 0, **geo)
   want = np.full(idx.shape, -1)
@@ -974,13 +977,15 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
           fold = fold_of.get((i, a, atom)) if role == 'consumes' else None
           refs.append((role, topo.AxisRef(key[0], key[1], a - ndim,
                                           fold=fold, **geo), (i, a)))
-    kernels = [r for role, r, la in refs if la in an.kernel_out]
-    what = (f'the units produced by {_leafname((kernels[0].collection, kernels[0].path))}'
-            if kernels else f'an index space of {n} at '
-            f'{atom_sites[0].var} ({_site_where(program, atom_sites[0].var)})')
-    reasons = s.reasons(atom)
+    # named after the first kernel (in program order) that produces it
+    kernels = [r for _, r, la in sorted(
+        refs, key=lambda t: an.first_read.get(t[2][0], 1 << 30))
+               if la in an.kernel_out]
+    what = ('the units produced by ' + _leafname(
+        (kernels[0].collection, kernels[0].path))) if kernels else ''
     if not kernels:
-      reasons = reasons + ['no dense or conv kernel produces it']
+      continue   # not the output of a layer (tokens, the input, ...)
+    reasons = s.reasons(atom)
     if reasons:
       skipped[what] = reasons
       continue
@@ -1010,11 +1015,6 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
   return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped)
 
 
-def _site_where(program: prog.Program, v: prog.Var) -> str:
-  for e in program.eqns:
-    if v in e.outvars:
-      return e.where
-  return '?'
 
 
 def _fold_targets(an: _Analysis) -> dict:

@@ -183,7 +183,8 @@ class Net:
       variables = {k: v for k, v in dict(variables).items()
                    if k not in ('activations', 'intermediates')}
       variables = jax.tree.map(lambda a: a, _unfreeze(variables))
-      handwritten = callable(getattr(model, 'unit_topology', None))
+      handwritten = (callable(getattr(model, 'unit_topology', None)) and
+                     model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
                 topo.UnitTopology(()), handwritten, mode)
     else:
@@ -277,7 +278,7 @@ class Net:
     else:
       module.eval()
     y = module(x)
-    if not mutable:
+    if mutable is False:
       return y
     _, *new = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     out = {}
@@ -300,8 +301,7 @@ class Net:
       node = out.setdefault(collection, {})
       for p in path[:-1]:
         node = node.setdefault(p, {})
-      node[path[-1]] = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype),
-                                            sharding=sharding)
+      node[path[-1]] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
     return out
 
   def activations(self, variables: Mapping[str, Any], x: jax.Array
@@ -407,7 +407,7 @@ def _evaluate(program, leaves, x, extra):
 def _shapes(variables: Mapping[str, Any]) -> tuple:
   keys, leaves = _flat(variables)
   return tuple((k, tuple(int(s) for s in np.shape(l)),
-                str(jnp.dtype(getattr(l, 'dtype', jnp.float32))))
+                getattr(l, 'dtype', jnp.dtype(jnp.float32)))
                for k, l in zip(keys, leaves))
 
 
@@ -456,7 +456,7 @@ def set_nnx_sizes(module: Any) -> Any:
     kernel = getattr(m, 'kernel', None)
     if isinstance(m, (nnx.Linear, nnx.Conv, nnx.ConvTranspose)) and (
         kernel is not None):
-      shape = np.shape(kernel.value if hasattr(kernel, 'value') else kernel)
+      shape = _value_shape(kernel)
       object.__setattr__(m, 'in_features', int(shape[-2]))
       object.__setattr__(m, 'out_features', int(shape[-1]))
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm,
@@ -464,10 +464,16 @@ def set_nnx_sizes(module: Any) -> Any:
       for name in ('scale', 'bias', 'mean', 'var'):
         v = getattr(m, name, None)
         if v is not None:
-          object.__setattr__(m, 'num_features', int(np.shape(
-              v.value if hasattr(v, 'value') else v)[-1]))
+          object.__setattr__(m, 'num_features', int(_value_shape(v)[-1]))
           break
   return module
+
+
+def _value_shape(variable: Any) -> tuple[int, ...]:
+  """The shape of an ``nnx.Variable``'s value (an array or an abstract
+  ``ShapeDtypeStruct``)."""
+  value = variable.get_value() if hasattr(variable, 'get_value') else variable
+  return tuple(value.shape)
 
 
 def load_factory(spec: str) -> Callable[[], Any]:

@@ -102,9 +102,19 @@ class Program:
   outputs: tuple
 
 
+_LIBRARY_DIRS = ('/jax/', '/jaxlib/', '/flax/', '/optax/', '/demp_jax/net.py',
+                 '/demp_jax/program.py', '/demp_jax/derive.py')
+
+
 def _where(source_info) -> str:
+  """``file:line (function)`` of the model code that made an equation: the
+  innermost frame outside JAX, Flax and this tracer."""
   try:
     from jax._src import source_info_util  # pylint: disable=g-import-not-at-top
+    frames = source_info_util.user_frames(source_info.traceback)
+    for f in frames:
+      if not any(d in f.file_name for d in _LIBRARY_DIRS):
+        return f'{f.file_name}:{f.start_line} ({f.function_name})'
     return source_info_util.summarize(source_info)
   except Exception:  # pylint: disable=broad-except
     return '?'
