@@ -51,6 +51,7 @@ import numpy as np
 
 from demp_jax import program as prog
 from demp_jax import topology as topo
+from demp_jax.spaces import Spaces
 
 
 class TopologyError(ValueError):
@@ -85,234 +86,6 @@ _REDUCTIONS = frozenset('reduce_sum reduce_max reduce_min reduce_prod '
 _RANDOM = frozenset('random_bits random_seed random_wrap random_unwrap '
                     'random_fold_in random_split threefry2x32 rng_bit_generator '
                     'rng_uniform iota'.split())
-
-
-# --------------------------------------------------------------- index spaces
-
-
-class Spaces:
-  """A union-find of index spaces with structure.
-
-  A space is an atom, a concatenation ``('cat', parts)`` (part ``k`` at
-  the offset of the sizes before it) or a product ``('prod', factors)``
-  (row-major, the last factor fastest). Joining an atom with a structured
-  space gives the atom that structure; two concatenations are cut to
-  common boundaries and joined part by part; two products with the same
-  factor sizes are joined factor by factor; anything else cannot be lined
-  up and both spaces are marked not prunable.
-  """
-
-  def __init__(self):
-    self._parent: list[int] = []
-    self.size: list[int] = []
-    self._struct: dict[int, tuple[str, list[int]]] = {}
-    self._up: dict[int, set[int]] = {}
-    self._reasons: dict[int, list[str]] = {}
-    self._hazards: dict[int, list[str]] = {}
-
-  def new(self, size: int, reason: Optional[str] = None) -> int:
-    c = len(self._parent)
-    self._parent.append(c)
-    self.size.append(int(size))
-    if reason:
-      self._reasons[c] = [reason]
-    return c
-
-  def find(self, c: int) -> int:
-    root = c
-    while self._parent[root] != root:
-      root = self._parent[root]
-    while self._parent[c] != root:
-      self._parent[c], c = root, self._parent[c]
-    return root
-
-  def struct(self, c: int) -> Optional[tuple[str, list[int]]]:
-    return self._struct.get(self.find(c))
-
-  def freeze(self, c: int, reason: str) -> None:
-    r = self.find(c)
-    self._reasons.setdefault(r, [])
-    if reason not in self._reasons[r]:
-      self._reasons[r].append(reason)
-
-  def hazard(self, c: int, message: str) -> None:
-    r = self.find(c)
-    self._hazards.setdefault(r, [])
-    if message not in self._hazards[r]:
-      self._hazards[r].append(message)
-
-  def _set_struct(self, c: int, kind: str, parts: list[int]) -> None:
-    r = self.find(c)
-    self._struct[r] = (kind, list(parts))
-    for p in parts:
-      self._up.setdefault(self.find(p), set()).add(r)
-
-  def _link(self, child: int, root: int) -> None:
-    self._parent[child] = root
-    for table in (self._reasons, self._hazards):
-      if child in table:
-        for m in table.pop(child):
-          if m not in table.setdefault(root, []):
-            table[root].append(m)
-    if child in self._up:
-      self._up.setdefault(root, set()).update(self._up.pop(child))
-    self._struct.pop(child, None)
-
-  def union(self, a: int, b: int) -> None:
-    ra, rb = self.find(a), self.find(b)
-    if ra == rb:
-      return
-    if self.size[ra] != self.size[rb]:
-      msg = f'index spaces of sizes {self.size[ra]} and {self.size[rb]} meet'
-      self.freeze(ra, msg)
-      self.freeze(rb, msg)
-      return
-    sa, sb = self._struct.get(ra), self._struct.get(rb)
-    if sa is None:
-      self._link(ra, rb)
-      return
-    if sb is None:
-      self._link(rb, ra)
-      return
-    if sa[0] == sb[0] == 'cat':
-      cuts = sorted(set(self.cuts(ra)) | set(self.cuts(rb)))
-      pa, pb = self.pieces(ra, cuts), self.pieces(rb, cuts)
-      if pa is not None and pb is not None:
-        self._link(rb, ra)
-        for x, y in zip(pa, pb):
-          self.union(x, y)
-        return
-    elif (sa[0] == sb[0] == 'prod' and
-          [self.size[self.find(p)] for p in sa[1]] ==
-          [self.size[self.find(p)] for p in sb[1]]):
-      self._link(rb, ra)
-      for x, y in zip(sa[1], sb[1]):
-        self.union(x, y)
-      return
-    msg = 'two layouts of one axis that do not line up'
-    self.freeze(ra, msg)
-    self.freeze(rb, msg)
-    self._link(rb, ra)
-
-  def cuts(self, c: int, offset: int = 0) -> list[int]:
-    """Interior boundaries of a concatenated space (recursively)."""
-    st = self.struct(c)
-    if st is None or st[0] != 'cat':
-      return []
-    out, off = [], offset
-    for p in st[1]:
-      out += self.cuts(p, off)
-      off += self.size[self.find(p)]
-      out.append(off)
-    return [x for x in out if offset < x < offset + self.size[self.find(c)]]
-
-  def pieces(self, c: int, cuts: list[int]) -> Optional[list[int]]:
-    """The space cut at ``cuts`` (sorted, interior): its parts in order,
-    atoms cut into concatenations as needed; None for a product."""
-    r = self.find(c)
-    cuts = [x for x in cuts if 0 < x < self.size[r]]
-    st = self._struct.get(r)
-    if not cuts:
-      return [r]
-    if st is None:
-      bounds = [0] + cuts + [self.size[r]]
-      parts = [self.new(b - a) for a, b in zip(bounds, bounds[1:])]
-      for p in parts:
-        for m in self._reasons.get(r, []):
-          self.freeze(p, m)
-      self._set_struct(r, 'cat', parts)
-      return parts
-    if st[0] != 'cat':
-      return None
-    out, off = [], 0
-    for p in st[1]:
-      s = self.size[self.find(p)]
-      sub = self.pieces(p, [x - off for x in cuts if off < x < off + s])
-      if sub is None:
-        return None
-      out += sub
-      off += s
-    return out
-
-  def factors(self, c: int) -> list[int]:
-    """A product space's factors (recursively), else ``[c]``."""
-    st = self.struct(c)
-    if st is None or st[0] != 'prod':
-      return [self.find(c)]
-    return [f for p in st[1] for f in self.factors(p)]
-
-  def split_factor(self, c: int, sizes: list[int]) -> Optional[list[int]]:
-    """Makes an atom space the product of new factors of ``sizes``."""
-    r = self.find(c)
-    if r in self._struct:
-      return None
-    parts = [self.new(s) for s in sizes]
-    self._set_struct(r, 'prod', parts)
-    return parts
-
-  def product(self, factors: list[int]) -> int:
-    if len(factors) == 1:
-      return self.find(factors[0])
-    c = self.new(math.prod(self.size[self.find(f)] for f in factors))
-    self._set_struct(c, 'prod', factors)
-    return c
-
-  def concat(self, parts: list[int]) -> int:
-    c = self.new(sum(self.size[self.find(p)] for p in parts))
-    self._set_struct(c, 'cat', parts)
-    return c
-
-  def layout(self, c: int) -> list[tuple[int, np.ndarray]]:
-    """``[(atom, index)]``: for every atom space inside ``c``, the unit of
-    that atom at each position of ``c`` (``-1``: not in that atom)."""
-    r = self.find(c)
-    n = self.size[r]
-    st = self._struct.get(r)
-    if st is None:
-      return [(r, np.arange(n))]
-    out: dict[int, np.ndarray] = {}
-    if st[0] == 'cat':
-      off = 0
-      for p in st[1]:
-        s = self.size[self.find(p)]
-        for atom, idx in self.layout(p):
-          full = out.setdefault(atom, np.full(n, -1))
-          full[off:off + s] = np.where(idx >= 0, idx, full[off:off + s])
-        off += s
-      return list(out.items())
-    sizes = [self.size[self.find(p)] for p in st[1]]
-    entries = []
-    for k, p in enumerate(st[1]):
-      for atom, idx in self.layout(p):
-        shape = [1] * len(sizes)
-        shape[k] = sizes[k]
-        entries.append((atom, np.broadcast_to(idx.reshape(shape),
-                                              sizes).reshape(-1)))
-    atoms = [a for a, _ in entries]
-    if len(set(atoms)) != len(atoms):
-      for a in atoms:
-        self.freeze(a, 'an axis that is an outer product of a space with '
-                    'itself')
-    return entries
-
-  def reasons(self, c: int) -> list[str]:
-    """Why ``c`` cannot be pruned: its own marks and those of every space
-    that contains it."""
-    return self._collect(c, self._reasons)
-
-  def hazards(self, c: int) -> list[str]:
-    return self._collect(c, self._hazards)
-
-  def _collect(self, c: int, table: dict[int, list[str]]) -> list[str]:
-    out, seen, todo = [], set(), [self.find(c)]
-    while todo:
-      r = self.find(todo.pop())
-      if r in seen:
-        continue
-      seen.add(r)
-      out += [m for m in table.get(r, []) if m not in out]
-      todo += list(self._up.get(r, ()))
-    return out
 
 
 # ------------------------------------------------------------------ analysis
@@ -371,9 +144,9 @@ class _Analysis:
                                     enumerate(program.leaf_vars)}
     self.reads: dict[int, list[str]] = {}          # leaf -> op descriptions
     self.first_read: dict[int, int] = {}           # leaf -> order of use
-    # consumer records: (eqn, data operand info, kernel leaf axes, fold)
-    self.consumers: list[tuple[prog.Eqn, dict, list, Optional[topo.FoldRef]]]
-    self.consumers = []
+    # consumers: (eqn, preserved-site tags of the data read, the kernel's
+    # contracted (leaf, axis) pairs)
+    self.consumers: list[tuple[prog.Eqn, dict, list]] = []
     self.users = prog.users(program)
 
   # ---- atoms
@@ -542,9 +315,6 @@ class _Analysis:
     drop = {d % len(src.dims) for d in e.params['dimensions']}
     keep_axes = [i for i in range(len(src.dims)) if i not in drop]
     self.view(e, tuple(src.dims[i] for i in keep_axes), keep_axes)
-
-  def op_expand_dims(self, e):
-    return self.unknown(e, 'expand_dims')
 
   def op_reshape(self, e):
     if e.params.get('dimensions') is not None:
@@ -766,11 +536,12 @@ class _Analysis:
 
   # ---- linear maps
 
-  def _contract(self, e, lhs: _Info, rhs: _Info, lc, rc, lfree, rfree,
-                lhs_var, rhs_var) -> None:
-    """Roles of the kernel operand of a dense/conv against the data."""
-    for kernel, data, contracted, free, kvar in (
-        (rhs, lhs, rc, rfree, rhs_var), (lhs, rhs, lc, lfree, lhs_var)):
+  def _contract(self, e, lhs: _Info, rhs: _Info, lc, rc, lfree,
+                rfree) -> None:
+    """Roles of the kernel operand of a dense/conv against the data: its
+    contracted axes consume, its free axes produce (kernel outputs)."""
+    for kernel, data, contracted, free in ((rhs, lhs, rc, rfree),
+                                           (lhs, rhs, lc, lfree)):
       if not (data.data and not kernel.data):
         continue
       for a in contracted:
@@ -780,9 +551,7 @@ class _Analysis:
         for leaf_axis in kernel.prov[a]:
           self.kernel_out.add(leaf_axis)
       self.consumers.append((e, dict(data.keep), [
-          (la, data.dims) for a in contracted for la in kernel.prov[a]],
-                             None))
-      del kvar
+          la for a in contracted for la in kernel.prov[a]]))
 
   def op_dot_general(self, e):
     (lc, rc), (lb, rb) = e.params['dimension_numbers']
@@ -800,8 +569,7 @@ class _Analysis:
     if not data:
       prov = tuple([lhs.prov[a] | rhs.prov[b] for a, b in zip(lb, rb)] +
                    [lhs.prov[a] for a in lfree] + [rhs.prov[a] for a in rfree])
-    self._contract(e, lhs, rhs, lc, rc, lfree, rfree, e.invars[0],
-                   e.invars[1])
+    self._contract(e, lhs, rhs, lc, rc, lfree, rfree)
     self.put(e.outvars[0], _Info(tuple(dims), data, False, prov, {}))
 
   def op_conv_general_dilated(self, e):
@@ -830,7 +598,7 @@ class _Analysis:
         dims[a] = self.s.new(out_shape[a])
     data = lhs.data or rhs.data
     self._contract(e, lhs, rhs, [lhs_spec[1]], [rhs_spec[1]], [],
-                   [rhs_spec[0]], e.invars[0], e.invars[1])
+                   [rhs_spec[0]])
     prov = None if data else tuple(frozenset() for _ in out_shape)
     self.put(e.outvars[0], _Info(tuple(dims), data, False, prov, {}))
 
@@ -1024,7 +792,7 @@ def _fold_targets(an: _Analysis) -> dict:
   out = {}
   s = an.s
   site_atoms: dict[int, set[int]] = {}
-  for e, keep, leaf_axes, _ in an.consumers:
+  for e, keep, leaf_axes in an.consumers:
     y = e.outvars[0]
     readers = an.users.get(y.id, [])
     if len(readers) != 1:
@@ -1051,7 +819,7 @@ def _fold_targets(an: _Analysis) -> dict:
     fold = topo.FoldRef(key[0], key[1], 1.0 if u.name == 'add' else -1.0)
     preserved = {sid for sid, scale in keep.items()
                  if abs(scale - 1.0) < 1e-6}
-    for (i, a), data_dims in leaf_axes:
+    for i, a in leaf_axes:
       kernel = an.p.leaf_vars[i]
       if s.find(an.info[kernel.id].dims[-1]) != s.find(ydims[-1]):
         continue
