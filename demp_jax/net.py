@@ -39,7 +39,8 @@ instead. NNX modules read their sizes from their arrays; after surgery
 
 **Modes.** Linen: the ``train``, ``training``, ``is_training``,
 ``deterministic`` or ``use_running_average`` argument of ``__call__``,
-whichever it has. NNX: ``module.train()`` and ``module.eval()``.
+whichever it has. NNX: ``module.train()`` and ``module.eval()``, and that
+argument too when its ``__call__`` has one.
 """
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ class Net:
           variables[name] = pure
           keys.append((name, k))
       net = cls(graphdef, input_shape, _shapes(variables),
-                topo.UnitTopology(()), nnx_keys=tuple(keys))
+                topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
+                nnx_keys=tuple(keys))
     elif isinstance(model, nn.Module):
       mode = _mode_arg(model.__call__)
       kwargs = {mode: not _MODE_ARGS[mode]} if mode else {}
@@ -277,7 +279,9 @@ class Net:
       module.train()
     else:
       module.eval()
-    y = module(x)
+    kwargs = {self.mode_arg: train == _MODE_ARGS[self.mode_arg]} if (
+        self.mode_arg) else {}
+    y = module(x, **kwargs)
     if mutable is False:
       return y
     _, *new = nnx.split(module, nnx.Param, nnx.BatchStat, ...)

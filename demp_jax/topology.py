@@ -312,6 +312,21 @@ def unit_axis_mask(ref: AxisRef, unit_values: np.ndarray | jax.Array,
   return m.reshape(out)
 
 
+def units_last(x: Any, ref: AxisRef, n: int) -> Any:
+  """``x``'s entries on ``ref.axis`` regrouped by unit: ``[m, n]`` with
+  column ``c`` holding every entry unit ``c`` owns (its positions on the
+  axis times every other axis). Works on numpy and jax arrays; for an
+  ``'index'`` reference, the axis itself."""
+  xp = _xp(x) if not isinstance(x, np.ndarray) else np
+  x = xp.moveaxis(xp.asarray(x), ref.axis % np.ndim(x), -1)
+  if ref.kind == 'index' or (ref.simple and x.shape[-1] == n):
+    return x.reshape(-1, n)
+  pos = ref.positions(n)                                  # [n, k]
+  cols = xp.take(x, xp.asarray(pos.reshape(-1)), axis=-1)  # [..., n * k]
+  cols = cols.reshape(cols.shape[:-1] + pos.shape)        # [..., n, k]
+  return xp.moveaxis(cols, -2, -1).reshape(-1, n)
+
+
 def param_masks(topology: UnitTopology, params: Any,
                 alive: Mapping[str, Any] | None = None) -> Any:
   """Params-shaped mask tree: uint8 0/1 on touched leaves, ``None`` elsewhere.
