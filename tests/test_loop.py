@@ -284,11 +284,14 @@ def test_resuming_a_finished_run_writes_a_complete_summary(tmp_path, capsys):
   assert again['train_seconds'] >= first['train_seconds'] > 0
 
 
-def test_a_failed_checkpoint_write_exits_without_hanging(tmp_path):
-  """A zero-width layer cannot be checkpointed; the run must end with an
-  error instead of hanging at exit on orbax's threads."""
+def test_a_zero_width_layer_is_refused_before_training(tmp_path):
+  """It used to train until the first checkpoint, where orbax failed on the
+  zero-size arrays and could hang the interpreter's exit."""
   if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
     pytest.skip('Fashion-MNIST is not installed')
   r = _cli('--workdir', str(tmp_path), '--config.model.conv_widths=(8,0)',
            '--config.checkpoint_every=5')
-  assert r.returncode != 0, r.stderr[-2000:]
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "error: model variable ['batch_stats']['conv_bn_1']" in r.stderr
+  assert 'config.model must be >= 1' in r.stderr
+  assert not os.path.exists(tmp_path / 'metrics.jsonl')  # no step trained

@@ -9,6 +9,7 @@ data axis.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -57,3 +58,20 @@ def draw_held(source: Any, batches: int, batch_size: int, seed: int,
   images, labels = dp.shard_held(local)
   return Held(normalize(images, mean, std), labels, np.asarray(local[0]),
               mean, std)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventProbes:
+  """The held batches of a training run's pruning events: ``draw(spec,
+  step)``, seeded by the run's seed and the step (the same batches in a
+  resumed run)."""
+  splits: Any
+  seed: int
+  dp: parallel.DataParallel
+
+  def __call__(self, spec: Any, step: int) -> Held:
+    source = split_source(self.splits, spec.split,
+                          'sparsity_config.probe_split')
+    return draw_held(source, spec.batches, spec.batch_size,
+                     self.seed * 1_000_003 + step, self.dp, self.splits.mean,
+                     self.splits.std)

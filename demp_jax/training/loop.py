@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +74,7 @@ def build(config, num_steps: int) -> Setup:
   model_cfg.setdefault('num_classes', splits.num_classes)
   model = models.build_model(model_cfg)
   variables = init_variables(model, int(config.seed), input_shape)
+  _require_nonempty(variables)
   topology = unit_topology(model, input_shape)
   topology.validate(variables)
   updater = create_updater_from_config(config.sparsity_config,
@@ -81,6 +82,17 @@ def build(config, num_steps: int) -> Setup:
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
   return Setup(splits, input_shape, model_cfg, model, variables, topology,
                updater, tx)
+
+
+def _require_nonempty(variables: dict) -> None:
+  """A ``ValueError`` naming the first variable of zero size: a layer of
+  width 0 cannot train, and orbax fails on it at the first checkpoint in a
+  way that can hang the interpreter's exit."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    if np.size(leaf) == 0:
+      raise ValueError(f'model variable {jax.tree_util.keystr(path)} has '
+                       f'shape {np.shape(leaf)}: every width in config.model '
+                       'must be >= 1')
 
 
 def make_step(setup: Setup, label_smoothing: float):
@@ -118,6 +130,15 @@ class TrainClock:
   def begin(self) -> None:
     """Starts counting from now."""
     self.start = time.perf_counter()
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Time spent inside does not count (evaluations)."""
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.excluded += time.perf_counter() - t0
 
   def __call__(self) -> float:
     return self.before + time.perf_counter() - self.start - self.excluded
@@ -202,14 +223,11 @@ def train(config, workdir: str) -> dict:
     shrinker = ShrinkController(
         model=model, updater=setup.updater, record=record,
         step=compiler(model, state), compiler=compiler, save=checkpoint,
-        draw=lambda spec, step: held_lib.draw_held(
-            held_lib.split_source(splits, spec.split,
-                                  'sparsity_config.probe_split'),
-            spec.batches, spec.batch_size, seed * 1_000_003 + step, dp,
-            splits.mean, splits.std),
+        draw=held_lib.EventProbes(splits, seed, dp),
         clock=clock, input_shape=setup.input_shape, tx=setup.tx, dp=dp,
         round_widths_to=opts.round_widths_to, shrink_delay=opts.shrink_delay,
         num_steps=opts.num_steps)
+    stack.callback(shrinker.close)
     shrinker.resume(state)
     batches = stack.enter_context(contextlib.closing(prefetch(
         batches_from(start), 2)))
@@ -237,11 +255,10 @@ def train(config, workdir: str) -> dict:
             **{f'live_units/{k}': v for k, v in record.live_units.items()},
             **shrinker.updater.scalar_metrics(step)})
       if opts.eval_every and (step + 1) % opts.eval_every == 0:
-        t0 = time.perf_counter()
-        acc = evaluate(shrinker.model, state.variables, splits.test,
-                       opts.eval_batch_size, splits.mean, splits.std,
-                       dp)['accuracy']
-        clock.excluded += time.perf_counter() - t0
+        with clock.paused():
+          acc = evaluate(shrinker.model, state.variables, splits.test,
+                         opts.eval_batch_size, splits.mean, splits.std,
+                         dp)['accuracy']
         record.evals.append({'step': step + 1, 'train_clock_seconds': clock(),
                              'test_accuracy': acc})
         writer.write(step, {'test_accuracy': acc,

@@ -23,7 +23,8 @@ surgery keeps in the arrays: live units and bucket padding) and
 ``live_after`` (which kept units are live after it). Everything the cycle
 must remember is in the :class:`~demp_jax.training.record.RunRecord`, the
 checkpoint's meta. An exception on the background thread stops the run at
-the next step with that exception.
+the next step with that exception; a run that ends otherwise waits for
+the job (:meth:`ShrinkController.close`).
 """
 from __future__ import annotations
 
@@ -149,13 +150,16 @@ def _lower_thread_priority() -> None:
 
 
 class BackgroundJob:
-  """``fn()`` on a daemon thread: a failure is kept for the caller, and an
-  unfinished job never holds up the interpreter's exit."""
+  """``fn()`` on a thread of its own; its result or failure is kept for the
+  caller.
+
+  Not a daemon thread: a process that ends while XLA compiles on a daemon
+  thread aborts (SIGABRT in XLA's C++ runtime), so an exiting interpreter
+  waits for the job instead (a compile: seconds)."""
 
   def __init__(self, fn: Callable[[], Any], name: str = 'shrink'):
     self._future: futures.Future = futures.Future()
-    threading.Thread(target=self._run, args=(fn,), name=name,
-                     daemon=True).start()
+    threading.Thread(target=self._run, args=(fn,), name=name).start()
 
   def _run(self, fn: Callable[[], Any]) -> None:
     self._future.set_running_or_notify_cancel()
@@ -172,6 +176,10 @@ class BackgroundJob:
   def result(self) -> Any:
     """Waits for the job; re-raises its exception."""
     return self._future.result()
+
+  def wait(self) -> None:
+    """Waits for the job, whatever its outcome."""
+    futures.wait([self._future])
 
 
 def _snapshot(tree):
@@ -227,6 +235,12 @@ class ShrinkController:
     self.updater = updater.with_topology(self.topology)
 
   # -------------------------------------------------------- the loop's side
+
+  def close(self) -> None:
+    """Waits for a background job still running (the run is ending, by an
+    error or otherwise), so that none outlives :func:`loop.train`."""
+    if self._job is not None:
+      self._job.wait()
 
   def resume(self, state: TrainState) -> None:
     """Restarts the background job of a checkpoint's pending shrink."""
@@ -310,7 +324,7 @@ class ShrinkController:
     event['live_units'] = self.record.live_units
     if plan.shrinks:
       pending = PendingShrink(min(step + self._delay, self._num_steps),
-                              plan.physical, plan.alive,
+                              plan.kept, plan.live_after,
                               len(self.record.events) - 1)
       held_images = jax.ShapeDtypeStruct(
           held.images.shape, held.images.dtype, sharding=held.images.sharding)
