@@ -1,12 +1,12 @@
 """validate_config: every shipped config passes; each bad value is one
 ConfigError naming the key, the value and what is allowed."""
-import importlib.util
 import os
 import time
 
 import pytest
 
 from demp_jax.training.validate import ConfigError, validate_config
+from test_configs import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -18,14 +18,6 @@ CONFIGS = {
     'cifar_vit_stripping': ('', 'tiny'),
     'imagenet_resnet50_demp': ('', 'tiny', 'inception'),
 }
-
-
-def get_config(name, arg=''):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
 
 
 def with_value(config, key, value):
