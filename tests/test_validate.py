@@ -151,6 +151,15 @@ def test_relations_between_keys():
   c.distributed.process_id = 1
   with pytest.raises(ConfigError, match=r'process_id=1 .*\[0, .*=1\)'):
     validate_config(c)
+  c.distributed.num_processes = 2  # without a coordinator: would wait
+  with pytest.raises(ConfigError, match="coordinator_address='' is not a "
+                     "'host:port'"):
+    validate_config(c)
+  c = get_config('fashion_mnist_demp', 'tiny')
+  c.batch_size = 4096
+  with pytest.raises(ConfigError, match='batch_size=4096 is not at most the '
+                     '2048 training examples'):
+    validate_config(c)
   c = get_config('imagenet_resnet50_demp')
   c.dataset.eval_resize = 200
   with pytest.raises(ConfigError, match='eval_resize=200 must be >= .*224'):

@@ -173,11 +173,10 @@ def check_config(config: Mapping[str, Any]) -> None:
     raise ValueError(f'config.dataset.source={source!r} is not valid for '
                      f'{name!r}; use one of {list(sources)}')
   holdout = int(cfg.get('holdout') or 0)
-  train = int(cfg.get('train_subset') or 0) or (
-      int(cfg.get('train_size') or 2048) if name == 'synthetic' else 0)
-  if holdout and train and holdout >= train:
+  left = train_examples(cfg)
+  if holdout and left is not None and left <= 0:
     raise ValueError(f'config.dataset.holdout={holdout} leaves no training '
-                     f'examples of {train}; it must be smaller')
+                     f'examples of {left + holdout}; it must be smaller')
   if name == 'imagenet2012':
     size = int(cfg.get('image_size') or 224)
     for key in ('resize_sizes', 'eval_resize'):
@@ -186,6 +185,17 @@ def check_config(config: Mapping[str, Any]) -> None:
                        else [value]) < size:
         raise ValueError(f'config.dataset.{key}={value!r} must be >= '
                          f'config.dataset.image_size={size}')
+
+
+def train_examples(config: Mapping[str, Any]) -> Optional[int]:
+  """The training examples ``config.dataset`` leaves, as far as it says
+  without reading a file: ``train_subset`` (or a synthetic ``train_size``)
+  less the ``holdout``; None when only the files know."""
+  cfg = dict(config)
+  known = [int(cfg['train_subset'])] if cfg.get('train_subset') else []
+  if cfg.get('name') == 'synthetic':
+    known.append(int(cfg.get('train_size') or 2048))
+  return min(known) - int(cfg.get('holdout') or 0) if known else None
 
 
 def _normalization(name: str, cfg: Mapping[str, Any], channels: int):
@@ -259,4 +269,4 @@ def normalize(images, mean, std):
 __all__ = ['ArrayDataset', 'DATASETS', 'NORMALIZATION', 'Source', 'Splits',
            'Subset', 'check_config', 'eval_batches', 'held_batches',
            'load_dataset', 'normalize', 'prefetch', 'split', 'take',
-           'train_batches']
+           'train_batches', 'train_examples']

@@ -354,12 +354,21 @@ def _check_relations(flat: Mapping[str, Any], config: Any,
   if flat.get('distributed.process_id', 0) >= n:
     raise _fail('distributed.process_id', flat['distributed.process_id'],
                 f'an integer in [0, distributed.num_processes={n})')
+  if n > 1 and not flat.get('distributed.coordinator_address'):
+    raise _fail('distributed.coordinator_address',
+                flat.get('distributed.coordinator_address'),
+                f"a 'host:port' (needed by num_processes={n})")
   if 'dataset' in config:
-    from demp_jax.data import check_config  # pylint: disable=g-import-not-at-top
+    from demp_jax import data  # pylint: disable=g-import-not-at-top
     try:
-      check_config(config['dataset'])
+      data.check_config(config['dataset'])
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    left = data.train_examples(config['dataset'])
+    if left is not None and flat.get('batch_size', 0) > left:
+      raise _fail('batch_size', flat['batch_size'], f'at most the {left} '
+                  'training examples config.dataset leaves (train_subset '
+                  'or train_size, less holdout)')
   no_holdout = not flat.get('dataset.holdout')
   for key in ('sparsity_config.probe_split', 'cycles.score_split',
               'cycles.dnr_split'):
