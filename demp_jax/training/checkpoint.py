@@ -149,6 +149,9 @@ class Checkpointer:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.rename(self.step_dir(step), dest)
       moved.append(dest)
+    if jax.process_count() > 1:  # every process lists the steps after it
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('demp_jax checkpoint set aside')
     self._mngr.reload()
     return moved
 
@@ -158,12 +161,18 @@ class Checkpointer:
 
 def checksums(state: Any) -> dict[str, int]:
   """``{leaf path: CRC-32 of its bytes}`` for every array of ``state``
-  that this process holds whole (replicated or single-device)."""
+  that this process holds whole (on its own devices, or replicated over
+  every process)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     if getattr(leaf, 'is_fully_addressable', True):
-      out[jax.tree_util.keystr(path)] = zlib.crc32(
-          np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+      host = jax.device_get(leaf)
+    elif getattr(leaf.sharding, 'is_fully_replicated', False):
+      host = leaf.addressable_data(0)
+    else:
+      continue  # split over processes: no process has all of it
+    out[jax.tree_util.keystr(path)] = zlib.crc32(
+        np.ascontiguousarray(host).tobytes())
   return out
 
 
