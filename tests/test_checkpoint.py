@@ -142,7 +142,7 @@ def test_with_no_step_that_restores_nothing_moves(tmp_path, capsys):
   assert f'; step 10: {directory}/10/state/_METADATA is corrupt' in msg
   assert digest(directory) == before
   assert not os.path.exists(directory + '.corrupt')
-  assert 'step 20 does not restore' in capsys.readouterr().err
+  assert capsys.readouterr().err == ''  # the error is the one report
   ckpt.close()
 
 

@@ -95,10 +95,10 @@ class Checkpointer:
 
     Tries the steps newest first: reads the step's ``meta``, asks
     ``build_abstract(meta)`` for the abstract target at that step's widths,
-    restores the arrays and checks their CRC-32s. A step that fails is
-    reported on stderr with the damaged file where it can be found; when
-    an older step restores, the damaged newer ones are moved to
-    ``DIRECTORY.corrupt/`` and that is said too.
+    restores the arrays and checks their CRC-32s. When an older step
+    restores, each newer one is reported on stderr with its damaged file
+    (where it can be found), moved to ``DIRECTORY.corrupt/``, and the step
+    resumed from is said.
 
     Raises:
       CheckpointError: no step restores (then nothing is moved or
@@ -115,10 +115,10 @@ class Checkpointer:
           verify_checksums(state, meta.get(CHECKSUMS))
       except Exception as e:  # pylint: disable=broad-except
         # orbax, tensorstore and json raise many types, some bare Exception
-        fault = describe_damage(self.step_dir(step), item, e)
-        failed.append((step, fault))
-        _say(f'checkpoint: step {step} does not restore: {fault}')
+        failed.append((step, describe_damage(self.step_dir(step), item, e)))
         continue
+      for s, fault in failed:
+        _say(f'checkpoint: step {s} does not restore: {fault}')
       if failed:
         moved = self._set_aside([s for s, _ in failed])
         _say(f'checkpoint: resuming from step {step}, the newest checkpoint '
