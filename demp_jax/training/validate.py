@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import numbers
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -102,62 +103,23 @@ TEXT = Allowed(lambda v: v is None or isinstance(v, str),
                lambda: 'a string or None')
 
 
-def _algorithms():
-  from demp_jax.algorithms import all_algorithm_names  # pylint: disable=g-import-not-at-top
-  return all_algorithm_names()
+def registry(module: str, name: str) -> Callable[[], Iterable[str]]:
+  """The names in ``module.name`` (a dict or tuple), imported when first
+  checked: importing this module stays light, and what is registered
+  later counts."""
+  return lambda: getattr(importlib.import_module(module), name)
 
 
-def _models():
-  from demp_jax import models  # pylint: disable=g-import-not-at-top
-  return models.MODELS
+_MODELS = registry('demp_jax.models', 'MODELS')
+_ALGORITHMS = registry('demp_jax.algorithms', 'ALGORITHM_REGISTRY')
 
 
 def _model_name() -> Allowed:
   """A built-in model, or ``package.module:factory`` (a user's model)."""
   return Allowed(
-      lambda v: isinstance(v, str) and (v in _models() or ':' in v),
-      lambda: (f'a known model (one of {sorted(_models())}) or a '
+      lambda v: isinstance(v, str) and (v in _MODELS() or ':' in v),
+      lambda: (f'a known model (one of {sorted(_MODELS())}) or a '
                "'package.module:factory' of your own"))
-
-
-def _datasets():
-  from demp_jax.data import DATASETS  # pylint: disable=g-import-not-at-top
-  return DATASETS
-
-
-def _augmentations():
-  from demp_jax.data.augment import AUGMENTATIONS  # pylint: disable=g-import-not-at-top
-  return AUGMENTATIONS
-
-
-def _crops():
-  from demp_jax.data.imagenet import CROPS  # pylint: disable=g-import-not-at-top
-  return CROPS
-
-
-def _activations():
-  from demp_jax.models.layers import ACTIVATIONS  # pylint: disable=g-import-not-at-top
-  return ACTIVATIONS
-
-
-def _optimizers():
-  from demp_jax.training.optim import OPTIMIZERS  # pylint: disable=g-import-not-at-top
-  return OPTIMIZERS
-
-
-def _schedules():
-  from demp_jax.training.optim import SCHEDULES  # pylint: disable=g-import-not-at-top
-  return SCHEDULES
-
-
-def _regularizers():
-  from demp_jax.transforms import REGULARIZERS  # pylint: disable=g-import-not-at-top
-  return REGULARIZERS
-
-
-def _rewinds():
-  from demp_jax.training.cycles import REWIND  # pylint: disable=g-import-not-at-top
-  return REWIND
 
 
 _COUNT = integer(1)    # zero makes no sense
@@ -190,13 +152,15 @@ RULES: dict[str, Allowed] = {
     'distributed.coordinator_address': TEXT,
     'distributed.auto': FLAG,
     # data (sources and dataset-specific keys: demp_jax.data.check_config)
-    'dataset.name': one_of(_datasets, 'a known dataset'),
+    'dataset.name': one_of(registry('demp_jax.data', 'DATASETS'),
+                           'a known dataset'),
     'dataset.data_dir': TEXT,
     'dataset.train_subset': _COUNT0,
     'dataset.test_subset': _COUNT0,
     'dataset.holdout': _COUNT0,
-    'dataset.augment': one_of(_augmentations, 'an augmentation or None',
-                              optional=True),
+    'dataset.augment': one_of(
+        registry('demp_jax.data.augment', 'AUGMENTATIONS'),
+        'an augmentation or None', optional=True),
     'dataset.normalize': FLAG,
     'dataset.mean': sequence(number(-math.inf), optional=True),
     'dataset.std': sequence(number(0.0, lo_open=True), optional=True),
@@ -204,7 +168,8 @@ RULES: dict[str, Allowed] = {
     'dataset.image_size': _COUNT,
     'dataset.resize_sizes': sequence(_COUNT),
     'dataset.eval_resize': _COUNT,
-    'dataset.crop': one_of(_crops, 'an ImageNet crop'),
+    'dataset.crop': one_of(registry('demp_jax.data.imagenet', 'CROPS'),
+                           'an ImageNet crop'),
     'dataset.num_threads': _COUNT0,
     'dataset.seed': _COUNT0,
     'dataset.draft': FLAG,
@@ -224,7 +189,8 @@ RULES: dict[str, Allowed] = {
     'model.last_conv_width': integer(1, optional=True),
     'model.pool_after': sequence(_COUNT0),
     'model.head_pool': _COUNT0,
-    'model.activation': one_of(_activations, 'an activation'),
+    'model.activation': one_of(
+        registry('demp_jax.models.layers', 'ACTIVATIONS'), 'an activation'),
     'model.use_bn': FLAG,
     'model.conv_bias': FLAG,
     'model.stage_sizes': sequence(_COUNT),
@@ -241,9 +207,11 @@ RULES: dict[str, Allowed] = {
     'model.mlp_out_activation': FLAG,
     'model.prune_heads': FLAG,
     # optimiser
-    'optimizer.name': one_of(_optimizers, 'a known optimizer'),
+    'optimizer.name': one_of(
+        registry('demp_jax.training.optim', 'OPTIMIZERS'), 'a known optimizer'),
     'optimizer.learning_rate': _RATE,
-    'optimizer.schedule': one_of(_schedules, 'a known schedule'),
+    'optimizer.schedule': one_of(
+        registry('demp_jax.training.optim', 'SCHEDULES'), 'a known schedule'),
     'optimizer.weight_decay': _RATE,
     'optimizer.momentum': _FRACTION,
     'optimizer.nesterov': FLAG,
@@ -255,11 +223,12 @@ RULES: dict[str, Allowed] = {
     'optimizer.decay_factor': _RATE,
     'optimizer.grad_clip': number(0.0, optional=True),
     # the updater (every registered algorithm's keys)
-    'sparsity_config.algorithm': one_of(_algorithms, 'a registered algorithm'),
-    'sparsity_config.base': one_of(_algorithms, 'a registered algorithm'),
+    'sparsity_config.algorithm': one_of(_ALGORITHMS, 'a registered algorithm'),
+    'sparsity_config.base': one_of(_ALGORITHMS, 'a registered algorithm'),
     'sparsity_config.reg_peak': _RATE,
     'sparsity_config.reg_span': _COUNT,
-    'sparsity_config.regularizer': one_of(_regularizers, 'a regularizer'),
+    'sparsity_config.regularizer': one_of(
+        registry('demp_jax.transforms', 'REGULARIZERS'), 'a regularizer'),
     'sparsity_config.reg_strength': _RATE,
     'sparsity_config.noise_peak': _RATE,
     'sparsity_config.noise_seed': _COUNT0,
@@ -304,7 +273,8 @@ RULES: dict[str, Allowed] = {
     'cycles.epochs_per_round': _COUNT,
     'cycles.steps_per_round': _COUNT,
     'cycles.prune_rate': number(0.0, 1.0, hi_open=True),
-    'cycles.rewind': one_of(_rewinds, 'a rewind'),
+    'cycles.rewind': one_of(registry('demp_jax.training.cycles', 'REWIND'),
+                             'a rewind'),
     'cycles.probe_batches': _COUNT,
     'cycles.probe_batch_size': _COUNT,
     'cycles.score_split': one_of(lambda: ('train', 'holdout'), 'a split'),
