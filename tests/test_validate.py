@@ -183,6 +183,9 @@ def test_parts_check_their_own_keys():
   c.sparsity_config.algorithm = 'structured_magnitude'  # needs its schedule
   with pytest.raises(ConfigError, match='update_start_step'):
     validate_config(c)
+  c.sparsity_config.algorithm = 'jaxpruner_magnitude'  # absent or too old
+  with pytest.raises(ConfigError, match='jaxpruner'):
+    validate_config(c)
 
 
 def test_a_user_model_factory_name_is_accepted():

@@ -372,9 +372,12 @@ def _check_parts(config: Any) -> None:
 
 
 def _as_config_error(fn, *args) -> None:
+  """Runs ``fn``; its errors become a ConfigError (their messages name
+  the key; ImportError / RuntimeError: an optional package that is
+  missing or does not work here, e.g. JaxPruner)."""
   try:
     fn(*args)
-  except (ValueError, TypeError, KeyError) as e:
+  except (ValueError, TypeError, KeyError, ImportError, RuntimeError) as e:
     raise ConfigError(str(e.args[0] if isinstance(e, KeyError) and e.args
                           else e)) from None
 
