@@ -139,7 +139,7 @@ def test_cli_rejects_unknown_config_keys_and_algorithms(tmp_path):
   assert r.returncode != 0 and 'reg_peek' in r.stderr
   r = _cli('--workdir', str(tmp_path),
            '--config.sparsity_config.algorithm=demq')
-  assert r.returncode == 1
+  assert r.returncode == 2  # a bad command line, refused before the run
   assert "algorithm='demq' is not a registered algorithm" in r.stderr
 
 
