@@ -25,7 +25,20 @@ Config strings (comma-separated): ``adam`` (default) or ``sgd``; ``tiny``
 runs the same pipeline on synthetic 32x32x3 data with a narrow VGG-16 in a
 few seconds (tests).
 """
+import importlib.util
+import os
+
 import ml_collections
+
+
+def load_common():
+  """``configs/common.py``, read from this file's directory (the repository
+  root need not be on ``sys.path``)."""
+  spec = importlib.util.spec_from_file_location(
+      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
@@ -34,39 +47,17 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   if unknown or {'adam', 'sgd'} <= options:
     raise ValueError(f'unknown or conflicting config string {config_string!r}'
                      '; use a comma-separated subset of adam|sgd, tiny')
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_steps = 15_626
-  c.batch_size = 256
-  c.eval_batch_size = 1_000
-  c.label_smoothing = 0.0
-  c.checkpoint_every = 2_000  # 0: at surgeries and at the end only
-  c.resume = False  # continue from the latest checkpoint in --workdir
-  c.log_every = 100
-  c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
-  c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
+  common = load_common()
+  c = common.base(num_steps=15_626, batch_size=256, checkpoint_every=2_000,
+                  log_every=100)
   # steps trained with the removed units held at zero while the shrunk step
   # compiles on a host thread (the accelerator keeps training meanwhile)
   c.shrink_delay = 200
-  c.progress = True
-
-  # Multi-process: every process runs the same command. On a multi-host TPU
-  # pod set --config.distributed.auto=True (JAX reads the environment);
-  # elsewhere give num_processes, process_id and coordinator_address.
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.coordinator_address = ''
-  c.distributed.auto = False
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar10'
-  c.dataset.source = 'auto'  # 'archive' (official tar.gz), 'tfds' or 'auto'
-  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.dataset.normalize = True  # the reference's CIFAR-10 mean/std
-  c.dataset.augment = 'crop_flip'  # zero padding
-  c.dataset.train_subset = 0
-  c.dataset.test_subset = 0
+  # On a multi-host TPU pod set --config.distributed.auto=True.
+  c.dataset = common.dataset(
+      'cifar10',  # source 'archive' (official tar.gz), 'tfds' or 'auto'
+      normalize=True,  # the reference's CIFAR-10 mean/std
+      augment='crop_flip')  # zero padding
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vgg16'
@@ -97,7 +88,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   # The reference removes dead units only; True also removes units whose
   # output is constant on the probe data, folding it into the consumers.
   s.fold_constants = False
-  s.constant_tol = 1e-2
+  s.constant_layer_tol = 1e-2
 
   if 'tiny' in options:
     c.num_steps = 6

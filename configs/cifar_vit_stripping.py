@@ -19,28 +19,28 @@ Far beyond a CPU (200 epochs of a 12M-parameter ViT). Config string
 ``tiny``: a 1-block ViT for a few steps on synthetic CIFAR-shaped data
 (``dataset.name='synthetic'``), for tests.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 TRAIN_EXAMPLES = 50_000
 
 
-def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 1
-  c.epochs = 200
-  c.batch_size = 128
-  c.eval_batch_size = 1_000
-  c.label_smoothing = 0.0
-  c.checkpoint_every = 0
-  c.round_widths_to = 1
-  c.progress = True
+def load_common():
+  """``configs/common.py``, read from this file's directory (the repository
+  root need not be on ``sys.path``)."""
+  spec = importlib.util.spec_from_file_location(
+      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar10'
-  c.dataset.source = 'auto'
-  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.dataset.holdout = 5_000
-  c.dataset.augment = 'crop_flip'
+
+def get_config(config_string: str = '') -> ml_collections.ConfigDict:
+  common = load_common()
+  c = common.base(seed=1, epochs=200, batch_size=128, round_widths_to=1)
+  c.dataset = common.dataset('cifar10', holdout=5_000, augment='crop_flip')
 
   c.steps_per_epoch = ((TRAIN_EXAMPLES - c.dataset.get_ref('holdout')) //
                        c.get_ref('batch_size'))

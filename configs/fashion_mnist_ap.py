@@ -19,25 +19,28 @@ optimiser state starts afresh::
 Config strings: ``structured`` (base ``structured_magnitude``), ``tiny``
 (a few steps on a subset, for tests), combinable as ``tiny,structured``.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 TRAIN_EXAMPLES = 60_000
 
 
-def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.batch_size = 128
-  c.eval_batch_size = 1_000
-  c.label_smoothing = 0.0
-  c.progress = True
+def load_common():
+  """``configs/common.py``, read from this file's directory (the repository
+  root need not be on ``sys.path``)."""
+  spec = importlib.util.spec_from_file_location(
+      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'fashion_mnist'
-  c.dataset.source = 'auto'
-  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.dataset.train_subset = 0
-  c.dataset.test_subset = 0
+
+def get_config(config_string: str = '') -> ml_collections.ConfigDict:
+  common = load_common()
+  c = common.base(batch_size=128)  # the rounds' settings are in c.cycles
+  c.dataset = common.dataset('fashion_mnist')
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'

@@ -9,41 +9,26 @@
 Config string ``tiny`` shrinks everything for tests:
 ``--config configs/fashion_mnist_demp.py:tiny``.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 
+def load_common():
+  """``configs/common.py``, read from this file's directory (the repository
+  root need not be on ``sys.path``)."""
+  spec = importlib.util.spec_from_file_location(
+      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_steps = 1_400
-  c.batch_size = 128
-  c.eval_batch_size = 1_000
-  c.label_smoothing = 0.0
-  c.checkpoint_every = 0  # 0: at surgeries and at the end only
-  c.resume = False  # continue from the latest checkpoint in --workdir
-  c.log_every = 50
-  c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
-  c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
-  # steps trained with the removed units held at zero while the shrunk step
-  # compiles on a background thread (0: stop and compile at once); about
-  # compile seconds / step seconds (2 s / 0.04 s on a 2-core CPU)
-  c.shrink_delay = 50
-  c.progress = True
-
-  # Multi-process: every process runs the same command with its process_id
-  # (TPU pods and clusters: auto=True lets JAX read the environment).
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.coordinator_address = ''
-  c.distributed.auto = False
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'fashion_mnist'
-  c.dataset.source = 'auto'  # 'idx' (Debian package), 'tfds' or 'auto'
-  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.dataset.train_subset = 0  # 0 = all 60k
-  c.dataset.test_subset = 0   # 0 = all 10k
+  common = load_common()
+  c = common.base(num_steps=1_400, batch_size=128)
+  c.dataset = common.dataset('fashion_mnist')  # the Debian package or tfds
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vgg'
@@ -72,7 +57,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   s.epsilon = 0.0
   s.min_width = 1
   s.fold_constants = True
-  s.constant_tol = 0.1
+  s.constant_layer_tol = 0.1
 
   if config_string == 'tiny':
     c.num_steps = 30

@@ -28,9 +28,22 @@ synthetic 224x224x3 images (1,000 classes) with a narrow one-block-per-stage
 ResNet-50 in a few seconds of training (tests; the synthetic images stand
 in for the host-side crops, so only an on-device flip is added).
 """
+import importlib.util
+import os
+
 import ml_collections
 
 STEPS_PER_EPOCH = 1_281_167 / 256
+
+
+def load_common():
+  """``configs/common.py``, read from this file's directory (the repository
+  root need not be on ``sys.path``)."""
+  spec = importlib.util.spec_from_file_location(
+      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
@@ -39,44 +52,20 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f'unknown config string {config_string!r}; use a '
                      'comma-separated subset of inception, tiny')
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_steps = 500_456
-  c.batch_size = 256
-  c.eval_batch_size = 1_024
-  c.label_smoothing = 0.1
-  c.checkpoint_every = 5_000  # 0: at surgeries and at the end only
-  c.resume = False  # continue from the latest checkpoint in --workdir
-  c.log_every = 100
-  c.eval_every = 0  # >0: test accuracy every k steps (time to accuracy)
-  c.round_widths_to = 8  # width bucket: fewer recompiles (128 on TPU)
+  common = load_common()
+  c = common.base(num_steps=500_456, batch_size=256, eval_batch_size=1_024,
+                  label_smoothing=0.1, checkpoint_every=5_000, log_every=100)
   # steps trained with the removed units held at zero while the shrunk step
   # compiles on a host thread (the accelerator keeps training meanwhile)
   c.shrink_delay = 500
-  c.progress = True
-
-  # Multi-process: every process runs the same command. On a multi-host TPU
-  # pod set --config.distributed.auto=True (JAX reads the environment);
-  # elsewhere give num_processes, process_id and coordinator_address.
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.coordinator_address = ''
-  c.distributed.auto = False
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'imagenet2012'
-  c.dataset.source = 'tfds'
-  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.dataset.normalize = True  # ImageNet mean/std
-  c.dataset.image_size = 224
-  c.dataset.resize_sizes = (256, 480)
-  c.dataset.eval_resize = 256
-  c.dataset.crop = 'inception' if 'inception' in options else 'reference'
-  c.dataset.num_threads = 0  # decoding threads per process; 0 = all cores
-  c.dataset.seed = c.get_ref('seed')
-  c.dataset.train_subset = 0
-  c.dataset.test_subset = 0
+  # On a multi-host TPU pod set --config.distributed.auto=True.
+  c.dataset = common.dataset(
+      'imagenet2012', source='tfds',
+      normalize=True,  # ImageNet mean/std
+      image_size=224, resize_sizes=(256, 480), eval_resize=256,
+      crop='inception' if 'inception' in options else 'reference',
+      num_threads=0,  # decoding threads per process; 0 = all cores
+      seed=c.get_ref('seed'))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet50'  # v1.5, zero-initialised last BN of each block
@@ -107,7 +96,7 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   # The reference removes dead units only; True also removes units whose
   # output is constant on the probe data, folding it into the consumers.
   s.fold_constants = False
-  s.constant_tol = 1e-2
+  s.constant_layer_tol = 1e-2
 
   if 'tiny' in options:
     c.num_steps = 6

@@ -14,12 +14,12 @@ import numpy as np
 
 
 class WidthPlan(NamedTuple):
-  physical: dict  # group -> bool[n]: units kept in the arrays
-  alive: dict     # group -> bool[new n]: which kept units stay unmasked
+  kept: dict        # group -> bool[n]: units kept in the arrays
+  live_after: dict  # group -> bool[new n]: which kept units stay unmasked
 
   @property
   def shrinks(self) -> bool:
-    return any(not np.all(k) for k in self.physical.values())
+    return any(not np.all(k) for k in self.kept.values())
 
 
 def bucket_width(live: int, size: int, round_to: int) -> int:
@@ -29,16 +29,16 @@ def bucket_width(live: int, size: int, round_to: int) -> int:
   return max(1, min(size, int(math.ceil(live / round_to)) * round_to))
 
 
-def plan(keep: Mapping[str, np.ndarray], round_to: int = 1,
+def plan(live: Mapping[str, np.ndarray], round_to: int = 1,
          scores: Optional[Mapping[str, np.ndarray]] = None) -> WidthPlan:
-  """Which units to keep physically and which of those to leave alive.
+  """Which units to keep physically and which of those stay live.
 
-  ``keep[g]`` marks the live units. Padding units (kept to fill a bucket)
-  are the dead units with the largest ``scores[g]`` (e.g. mean |a|), or
-  the first dead ones when no scores are given.
+  ``live[g]`` marks the live units. Padding units (kept to fill a bucket)
+  are the other units with the largest ``scores[g]`` (e.g. mean |a|), or
+  the first ones when no scores are given.
   """
-  physical, alive = {}, {}
-  for name, k in keep.items():
+  kept, live_after = {}, {}
+  for name, k in live.items():
     k = np.asarray(k, bool)
     width = bucket_width(int(k.sum()), k.size, round_to)
     phys = k.copy()
@@ -48,6 +48,6 @@ def plan(keep: Mapping[str, np.ndarray], round_to: int = 1,
       if scores is not None and name in scores:
         dead = dead[np.argsort(-np.asarray(scores[name])[dead], kind='stable')]
       phys[dead[:pad]] = True
-    physical[name] = phys
-    alive[name] = k[phys]
-  return WidthPlan(physical, alive)
+    kept[name] = phys
+    live_after[name] = k[phys]
+  return WidthPlan(kept, live_after)

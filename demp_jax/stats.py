@@ -107,16 +107,25 @@ Returns:
 """
 
 
-def constant_outputs(stats: Mapping[str, Any], tol: float = 1e-6
-                     ) -> dict[str, np.ndarray]:
-  """The constant output of every unit that has one, NaN for the others.
+def constant_outputs(stats: Mapping[str, Any], tol: float = 1e-6, *,
+                     layer_tol: float = 0.0) -> dict[str, np.ndarray]:
+  """The constant output of every unit that has one, NaN for the others:
+  the one definition of a *constant unit*.
 
-  Unit ``i`` is *constant* on the data when its output range is within a
-  relative tolerance, ``max_i - min_i <= tol * max(1, |min_i|, |max_i|)``;
-  its value is then ``c_i = (min_i + max_i) / 2`` (exactly 0 for a dead
+  Unit ``i`` is constant on the data when its output range is within
+
+      max_i - min_i <= tol * max(1, |min_i|, |max_i|) + layer_tol * m
+
+  with ``m = max(mean_j mean_abs_j, 1e-12)`` the mean ``|a|`` of its group:
+  ``tol`` is relative to the unit's own magnitude (default 1e-6, float32
+  rounding; :func:`demp_jax.surgery.shrink`'s ``constant_tol``), and
+  ``layer_tol`` to its layer's (DemP's ``constant_layer_tol``, 0.1 in the
+  demo: a unit that barely moves next to its layer counts as constant).
+  Its value is then ``c_i = (min_i + max_i) / 2`` (exactly 0 for a dead
   ReLU unit; ``ReLU(beta_i)`` for a BatchNorm unit with ``gamma_i = 0``).
-  ``stats[name]`` is anything with ``min`` and ``max`` vectors
-  (:class:`UnitStats`). Returns ``{name: float32[n]}``.
+  ``stats[name]`` is anything with ``min`` and ``max`` vectors (and
+  ``mean_abs`` when ``layer_tol`` is not 0: :class:`UnitStats`). Returns
+  ``{name: float32[n]}``.
   """
   out = {}
   for name, s in stats.items():
@@ -124,8 +133,11 @@ def constant_outputs(stats: Mapping[str, Any], tol: float = 1e-6
     hi = np.asarray(s.max, np.float64)
     finite = np.isfinite(lo) & np.isfinite(hi)
     lo, hi = np.where(finite, lo, 0.0), np.where(finite, hi, 0.0)
-    scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
-    const = finite & (hi - lo <= tol * scale)
+    bound = tol * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+    if layer_tol:
+      bound = bound + layer_tol * max(float(np.mean(np.asarray(s.mean_abs))),
+                                      1e-12)
+    const = finite & (hi - lo <= bound)
     out[name] = np.where(const, 0.5 * (lo + hi), np.nan).astype(np.float32)
   return out
 
@@ -157,15 +169,45 @@ def activation_range(model: Any, variables: Mapping[str, Any],
   return logits, ranges
 
 
-def dynamic_dead_rate(model: Any, variables: Mapping[str, Any],
-                      batches: jax.Array) -> jax.Array:
-  """Mean over examples of the fraction of (unit, position) outputs equal to
-  zero: the dynamic dead-neuron rate, from the same pass as the stats."""
+class DeadRates(NamedTuple):
+  """Dead-neuron rates of a network on probe data (see :func:`dead_rates`)."""
+  dynamic_dead_rate: float
+  dynamic_dead_rate_live: float
+  dead_units: int
+  units: int
+
+
+def dead_rates(model: Any, variables: Mapping[str, Any],
+               batches: jax.Array,
+               live: Mapping[str, Any] | None = None) -> DeadRates:
+  """Dead-neuron rates on ``[N, B, ...]`` probe batches, from the same pass
+  as the statistics.
+
+  With ``z_{x,u}`` the output of unit-position ``u`` (a unit of a dense
+  layer, or a (channel, h, w) element of a conv map) on example ``x``:
+
+  * ``dynamic_dead_rate``: ``mean_x [ #{u : z_{x,u} = 0} / #u ]`` over all
+    units;
+  * ``dynamic_dead_rate_live``: the same over the units ``live`` marks
+    (``{group: bool[n]}``; default all), so that units pruned away, which
+    output 0 by construction, do not count;
+  * ``dead_units``: units zero on every example and position (static
+    death, the Synaptic Stripping criterion), out of ``units``.
+  """
   stats = saturation_stats(model, variables, batches, 0.0)
   _, probe = jax.eval_shape(model.activations, variables, batches[0])
-  zeros = total = 0.0
-  for name, s in stats.items():
-    per_unit = _positions(probe[name]) / batches.shape[1]
-    zeros = zeros + jnp.sum(s.apoz) * per_unit
-    total = total + s.apoz.shape[0] * per_unit
-  return zeros / total
+  zeros = total = zeros_live = total_live = 0.0
+  dead = units = 0
+  for name, st in stats.items():
+    pos = _positions(probe[name]) / batches.shape[1]  # per example
+    apoz = np.asarray(st.apoz, np.float64)
+    mine = (np.ones(apoz.shape, bool) if live is None or name not in live
+            else np.asarray(live[name], bool))
+    zeros += apoz.sum() * pos
+    total += apoz.size * pos
+    zeros_live += apoz[mine].sum() * pos
+    total_live += mine.sum() * pos
+    dead += int(np.sum(np.asarray(st.dead)))
+    units += int(apoz.size)
+  return DeadRates(zeros / max(total, 1.0), zeros_live / max(total_live, 1.0),
+                   dead, units)

@@ -3,31 +3,32 @@ WORKDIR/summary.json with one record per round.
 
     python -m experiments.ap --config configs/fashion_mnist_ap.py \
         --workdir runs/ap [--config.a.b=value ...]
+
+The command line is experiments.train's (its --config and --workdir flags,
+and their one-line errors); the job is the rounds of
+:func:`demp_jax.training.cycles.run_cycles`.
 """
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from demp_jax.training import cycles
+from experiments import train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    summary = cycles.run_cycles(_CONFIG.value, _WORKDIR.value)
+    summary = cycles.run_cycles(FLAGS.config, FLAGS.workdir)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(f'\nsummary ({_WORKDIR.value}/summary.json): '
+  print(f'\nsummary ({FLAGS.workdir}/summary.json): '
         f'{summary["algorithm"]} base={summary["base"]} '
         f'ap_rate={summary["ap_rate"]}')
   print('round  sparsity  test_acc  dyn_dead_rate  dyn_dead_rate_live  '
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

@@ -37,9 +37,10 @@ from ml_collections import config_flags
 from demp_jax import stats, surgery
 from demp_jax import topology as topo
 from demp_jax.data import held_batches, normalize, train_batches
-from demp_jax.training import optim
 from demp_jax.training import loop
-from demp_jax.training.steps import TrainState, make_train_step
+from demp_jax.training import metrics
+from demp_jax.training import optim
+from demp_jax.training.steps import Compiler, TrainState, make_train_step
 from experiments.benchlib import machine, runtime_env
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
@@ -68,9 +69,8 @@ class StepVariant:
   def __init__(self, model, tx, updater, params_state, batches, mean, std):
     self.batches = batches
     key = jax.random.PRNGKey(0)
-    compiled = loop.Compiler(
-        lambda m: make_train_step(m, tx, updater, mean, std))(
-            model, params_state, *batches[0], key)
+    compiled = Compiler(lambda m: make_train_step(m, tx, updater, mean, std),
+                        (*batches[0], key))(model, params_state)
     self.step = compiled.fn
     self.compile_seconds = compiled.seconds
     self.flops = compiled.flops
@@ -131,7 +131,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   splits, shape, _, model, variables, topology, updater, demp_tx = (
-      loop.build(config))
+      loop.build(config, int(config.num_steps)))
   opt = optim.make_optimizer(config.optimizer, int(config.num_steps))
   it = train_batches(splits.train, int(config.batch_size), int(config.seed))
   batches = [tuple(map(jnp.asarray, next(it))) for _ in range(4)]
@@ -164,7 +164,7 @@ def main(argv):
     variants[f'shrunk_{frac}'] = StepVariant(
         res.model, demp_tx, shrunk_updater,
         TrainState(s.step, res.variables, res.opt_state), batches, mean, std)
-    masked_state = s._replace(opt_state=updater.set_alive(
+    masked_state = s._replace(opt_state=updater.mask_units(
         s.opt_state, s.variables['params'], keep))
     masked_state = masked_state._replace(variables={
         **s.variables, 'params': topo.apply_masks(
@@ -178,8 +178,9 @@ def main(argv):
   interleave(variants, _ROUNDS.value, _STEPS.value)
 
   # Death check vs a plain eval forward over the same held examples.
-  n, b = updater.held_batches_shape()
-  images, _ = held_batches(splits.train, n, b, seed=0)
+  probe = updater.probe
+  images, _ = held_batches(splits.train, probe.batches, probe.batch_size,
+                           seed=0)
   held = normalize(jnp.asarray(images), mean, std)
   plain_eval = jax.jit(lambda v, x: jax.lax.map(
       lambda xb: model.apply(v, xb, train=False), x))
@@ -222,8 +223,7 @@ def main(argv):
         'shrunk_over_bytes': speedup / bytes_,
         **ev}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    json.dump(out, f, indent=2)
+  metrics.write_json(_OUT.value, out)
   print(json.dumps(out, indent=2))
 
 

@@ -44,6 +44,7 @@ from absl import flags
 from demp_jax import flops as flops_lib
 from demp_jax import models, surgery
 from demp_jax import topology as topo
+from demp_jax.training import metrics
 from experiments.benchlib import machine, runtime_env
 
 _MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
@@ -223,8 +224,7 @@ def main(argv):
   record = run(name, overrides, input_shape, _DEAD.value, _REPEATS.value,
                _SEED.value, _COMPILE.value, _COMPILE_BATCH.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
-    json.dump(record, f, indent=2)
+  metrics.write_json(_OUT.value, record)
   print(json.dumps(record, indent=2))
 
 

@@ -1,10 +1,25 @@
-"""Shared fixtures: tiny models and their variables, on one CPU device."""
+"""Shared fixtures: tiny models and their variables, on one CPU device;
+the config files."""
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from demp_jax import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, arg=''):
+  """``configs/<name>.py``'s ``get_config(arg)``, loaded by path."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, 'configs', name + '.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
 
 
 def init_vars(model, input_shape, seed=0, batch=2):

@@ -1,6 +1,5 @@
 """Activate-while-Pruning: the selection by hand, exact counts on top of
 global and structured bases, the dead rates, rewinding and a tiny run."""
-import importlib.util
 import math
 import os
 
@@ -11,6 +10,7 @@ import optax
 import pytest
 
 import testlib_models
+from conftest import load_config
 from demp_jax import models
 from demp_jax import stats as stats_lib
 from demp_jax.algorithms import ap
@@ -18,17 +18,6 @@ from demp_jax.algorithms import base
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import magnitude
 from demp_jax.algorithms import masked
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=''):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', name + '.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
-
 
 def _a(x):
   return jnp.asarray(x, jnp.float32)
@@ -80,8 +69,8 @@ def _mlp_ctx(seed=0):
   theta_t = jax.tree.map(
       lambda x: jnp.asarray(np.asarray(x) + rng.normal(0, 0.05, x.shape),
                             jnp.float32), theta_0)
-  ctx = base.PruneContext(0, model, {'params': theta_t}, None, shape, None,
-                          None)
+  ctx = base.PruneContext(0, model, model.unit_topology(shape),
+                          {'params': theta_t}, None)
   return model, shape, theta_0, theta_t, ctx
 
 
@@ -98,12 +87,12 @@ def test_ap_on_global_magnitude_hits_the_base_sparsity_exactly():
       topology=topology)
   masks = upd.get_initial_masks(theta_t)
   n = _kernel_count(masks)[0]
-  new, info = upd.prune_round_info(ctx, masks, 0.2, start_params=theta_0)
+  new, info = upd.prune_round(ctx, masks, 0.2, start_params=theta_0)
   n_ap = math.floor(0.02 * n)
   assert info['n_ap'] == info['pruned_ap'] == n_ap
   assert n - _kernel_count(new)[0] == round(0.2 * n)
   alone = magnitude.GlobalMagnitudePruning(topology=topology)
-  base_masks = alone.prune_round(ctx, masks, 0.2)
+  base_masks, _ = alone.prune_round(ctx, masks, 0.2)
   assert _kernel_count(base_masks)[0] == _kernel_count(new)[0]  # same count
   # What AP took on top of the base's own share: negative, least moved.
   own = magnitude.global_magnitude_masks(theta_t, masks,
@@ -133,7 +122,7 @@ def test_ap_on_a_structured_base_masks_whole_units_then_weights():
       topology=topology)
   masks = upd.get_initial_masks(theta_t)
   n = _kernel_count(masks)[0]
-  new, info = upd.prune_round_info(ctx, masks, 0.2, start_params=theta_0)
+  new, info = upd.prune_round(ctx, masks, 0.2, start_params=theta_0)
   # 18 % of the units of each layer: 20 -> 16 kept, 10 -> 8 kept.
   assert int(np.sum(new['dense_0']['bias'])) == 16
   assert int(np.sum(new['dense_1']['bias'])) == 8
@@ -150,11 +139,14 @@ def test_ap_is_built_from_the_registry_and_refuses_the_single_run_loop():
   upd = create_updater_from_config({'algorithm': 'ap', 'ap_rate': 0.05})
   assert isinstance(upd, ap.ActivateWhilePruning) and upd.ap_rate == 0.05
   with pytest.raises(ValueError, match='run_cycles'):
-    upd.prunes_at(0)
+    upd.schedule.is_update_step(0)
   with pytest.raises(ValueError, match='ap_rate'):
     create_updater_from_config({'algorithm': 'ap', 'ap_rate': 1.5})
   with pytest.raises(ValueError, match='cannot be AP'):
-    ap.base_granularity(base.NoPruning())
+    create_updater_from_config({'algorithm': 'ap', 'base': 'no_prune'}
+                               ).base_pruner()
+  with pytest.raises(ValueError, match='does not prune in rounds'):
+    base.NoPruning().prune_round(None, None, 0.2)
 
 
 # ----------------------------------------------- global magnitude alone
@@ -167,10 +159,13 @@ def test_global_magnitude_one_shot_in_the_loop_hooks():
        'update_start_step': 5, 'update_end_step': 5})
   tx = upd.wrap_optax(optax.sgd(0.1))
   state = tx.init(theta_t)
-  assert [s for s in range(10) if upd.prunes_at(s)] == [5]
-  ctx = base.PruneContext(5, model, {'params': theta_t}, state, shape, None,
-                          None)
-  new = upd.update_masks(ctx)
+  assert [s for s in range(10) if upd.schedule.is_update_step(s)] == [5]
+  assert not upd.schedule.at_end
+  ctx = base.PruneContext(5, model, model.unit_topology(shape),
+                          {'params': theta_t}, state)
+  decision = upd.decide(ctx)
+  new = decision.masks
+  assert decision.keep is None
   ones, total = masked.mask_counts(new)
   assert total - ones == round(0.5 * total)
   w = np.concatenate([np.abs(np.ravel(theta_t[k]['kernel']))
@@ -196,16 +191,17 @@ def test_dynamic_dead_rate_on_a_hand_built_net():
             'logits': {'kernel': _a(np.ones((2, 2))), 'bias': _a([0, 0])}}
   x = _a([1.0, -1.0, 2.0, -2.0])
   images = jnp.stack([x, jnp.zeros(4)], -1).reshape(2, 2, 1, 2, 1)
-  rate = float(stats_lib.dynamic_dead_rate(model, {'params': params}, images))
-  assert rate == pytest.approx(0.75)
-  r = ap.dead_rates(model, {'params': params}, images,
-                    alive={'act_0': np.array([True, False])})
-  assert r['dynamic_dead_rate'] == pytest.approx(0.75)
-  assert r['dynamic_dead_rate_live'] == pytest.approx(0.5)
-  assert r['dead_units'] == 1 and r['units'] == 2
+  r = stats_lib.dead_rates(model, {'params': params}, images,
+                           live={'act_0': np.array([True, False])})
+  assert r.dynamic_dead_rate == pytest.approx(0.75)
+  assert r.dynamic_dead_rate_live == pytest.approx(0.5)
+  assert r.dead_units == 1 and r.units == 2
+  assert stats_lib.dead_rates(model, {'params': params},
+                              images).dynamic_dead_rate_live == (
+                                  pytest.approx(0.75))
 
 
-def test_dead_rates_weigh_conv_positions_like_the_stats():
+def test_dead_rates_weigh_conv_positions_like_the_activations():
   model = models.VGG(conv_widths=(4,), dense_widths=(3,), pool_after=(0,),
                      num_classes=2)
   shape = (6, 6, 1)
@@ -213,9 +209,12 @@ def test_dead_rates_weigh_conv_positions_like_the_stats():
                                       np.random.default_rng(0), 0.0)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8) + shape),
                        jnp.float32)
-  want = float(stats_lib.dynamic_dead_rate(model, v, images))
-  assert ap.dead_rates(model, v, images)['dynamic_dead_rate'] == (
-      pytest.approx(want, abs=1e-6))
+  _, acts = stats_lib.sown_activations(model, v, images.reshape((16,) + shape))
+  zeros = sum(np.sum(np.asarray(a).reshape(16, -1) == 0, 1)
+              for a in acts.values())
+  per_example = zeros / sum(np.asarray(a[0]).size for a in acts.values())
+  assert stats_lib.dead_rates(model, v, images).dynamic_dead_rate == (
+      pytest.approx(float(np.mean(per_example)), abs=1e-6))
 
 
 # ------------------------------------------------------- the cycles

@@ -1,11 +1,11 @@
 """The paper-setup configs: their numbers, their parts, and a tiny run each."""
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
+from conftest import load_config
 from demp_jax import models
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.data import load_dataset
@@ -14,14 +14,6 @@ from demp_jax.training import optim
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = ('cifar10_resnet18_demp', 'cifar10_vgg16_demp',
          'imagenet_resnet50_demp')
-
-
-def get_config(name, arg=''):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
 
 
 def _lr(config, step):
@@ -44,7 +36,7 @@ def _needs_model(config):
 @pytest.mark.parametrize('name', PAPER)
 @pytest.mark.parametrize('arg', ['', 'tiny'])
 def test_same_keys_as_the_demo_config(name, arg):
-  demo, c = get_config('fashion_mnist_demp'), get_config(name, arg)
+  demo, c = load_config('fashion_mnist_demp'), load_config(name, arg)
   assert set(c.keys()) == set(demo.keys())
   assert set(c.sparsity_config.keys()) == set(demo.sparsity_config.keys())
   assert set(c.distributed.keys()) == set(demo.distributed.keys())
@@ -52,7 +44,7 @@ def test_same_keys_as_the_demo_config(name, arg):
 
 
 def test_cifar10_resnet18_is_the_srigl_setup():
-  c = get_config('cifar10_resnet18_demp')
+  c = load_config('cifar10_resnet18_demp')
   assert (c.num_steps, c.batch_size) == (97_656, 128)
   assert c.dataset.name == 'cifar10' and c.dataset.normalize is False
   assert c.dataset.augment == 'crop_flip_reflect'
@@ -66,7 +58,7 @@ def test_cifar10_resnet18_is_the_srigl_setup():
   assert (s.reg_span, s.noise_peak, s.prune_every) == (85_000, 5e-5, 5_000)
   assert (s.death_batches, s.death_batch_size, s.regularizer) == (3, 512,
                                                                   'l1')
-  sgd = get_config('cifar10_resnet18_demp', 'sgd')
+  sgd = load_config('cifar10_resnet18_demp', 'sgd')
   assert (sgd.optimizer.name, sgd.optimizer.learning_rate,
           sgd.optimizer.momentum) == ('sgd', 0.1, 0.9)
   assert _lr(sgd, 90_090) == pytest.approx(0.1 * 0.2**3)
@@ -75,7 +67,7 @@ def test_cifar10_resnet18_is_the_srigl_setup():
 
 
 def test_cifar10_vgg16_setup():
-  c = get_config('cifar10_vgg16_demp')
+  c = load_config('cifar10_vgg16_demp')
   assert (c.num_steps, c.batch_size) == (15_626, 256)
   assert c.dataset.normalize is True and c.dataset.augment == 'crop_flip'
   assert c.optimizer.schedule == 'onecycle'
@@ -84,13 +76,13 @@ def test_cifar10_vgg16_setup():
   assert _lr(c, 0) == pytest.approx(5e-3 / 25)
   s = c.sparsity_config
   assert (s.reg_span, s.prune_every, s.noise_peak) == (15_625, 1_000, 5e-5)
-  assert get_config('cifar10_vgg16_demp', 'sgd').optimizer.name == 'sgd'
+  assert load_config('cifar10_vgg16_demp', 'sgd').optimizer.name == 'sgd'
   _needs_model(c)
   assert _units(c) == 12_928  # 13 convs (last 1,024) + 2 x 4,096
 
 
 def test_imagenet_resnet50_setup():
-  c = get_config('imagenet_resnet50_demp')
+  c = load_config('imagenet_resnet50_demp')
   assert (c.num_steps, c.batch_size, c.label_smoothing) == (500_456, 256,
                                                             0.1)
   assert c.dataset.name == 'imagenet2012' and c.dataset.crop == 'reference'
@@ -110,7 +102,7 @@ def test_imagenet_resnet50_setup():
   s = c.sparsity_config
   assert (s.reg_peak, s.reg_span, s.prune_every) == (3e-4, 150_000, 5_000)
   assert (s.death_batches, s.death_batch_size) == (5, 256)
-  assert get_config('imagenet_resnet50_demp',
+  assert load_config('imagenet_resnet50_demp',
                     'inception').dataset.crop == 'inception'
   _needs_model(c)
   assert _units(c) == 22_720
@@ -118,7 +110,7 @@ def test_imagenet_resnet50_setup():
 
 @pytest.mark.parametrize('name', PAPER)
 def test_paper_configs_build_their_parts(name, tmp_path):
-  c = get_config(name)
+  c = load_config(name)
   create_updater_from_config(c.sparsity_config)
   optim.make_optimizer(c.optimizer, c.num_steps)
   # the data section is valid and, without data, says where and how
@@ -128,12 +120,12 @@ def test_paper_configs_build_their_parts(name, tmp_path):
   assert str(tmp_path) in str(e.value)
   assert 'tfds build' in str(e.value)
   with pytest.raises(ValueError, match='config string'):
-    get_config(name, 'huge')
+    load_config(name, 'huge')
 
 
 @pytest.mark.parametrize('name', PAPER)
 def test_tiny_variants_match_their_paper_config(name):
-  big, tiny = get_config(name), get_config(name, 'tiny')
+  big, tiny = load_config(name), load_config(name, 'tiny')
   assert tiny.dataset.name == 'synthetic'
   assert tiny.model.name == big.model.name
   assert tiny.optimizer.name == big.optimizer.name
@@ -149,7 +141,7 @@ def test_tiny_variants_match_their_paper_config(name):
 @pytest.mark.parametrize('name', PAPER)
 def test_tiny_runs_end_to_end(name, tmp_path):
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
-  c = get_config(name, 'tiny')
+  c = load_config(name, 'tiny')
   _needs_model(c)
   # One width bucket for everything: dead units are masked, never cut, so
   # the train step compiles once (a cut costs a second ~25 s compile of
@@ -163,3 +155,43 @@ def test_tiny_runs_end_to_end(name, tmp_path):
   assert 0.0 <= summary['test_accuracy'] <= 1.0
   assert np.isfinite(summary['final_train_loss'])
   assert summary['units_final'] <= summary['units_initial']
+
+
+def test_configs_load_by_path_without_the_repo_root_on_sys_path(tmp_path):
+  """Each config reads configs/common.py from its own directory, from any
+  working directory (as ``--config /path/to/configs/x.py`` loads it)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
+                 if f.endswith('.py') and f != 'common.py')
+  code = (
+      'import importlib.util, sys\n'
+      'assert not any(p and __import__("os").path.samefile(p, sys.argv[1])\n'
+      '               for p in sys.path if __import__("os").path.isdir(p))\n'
+      'for name in sys.argv[2:]:\n'
+      '  spec = importlib.util.spec_from_file_location(\n'
+      '      name, f"{sys.argv[1]}/configs/{name}.py")\n'
+      '  mod = importlib.util.module_from_spec(spec)\n'
+      '  spec.loader.exec_module(mod)\n'
+      '  c = mod.get_config()\n'
+      '  assert c.shrink_delay >= 0 and "distributed" in c, name\n'
+      'print("ok", len(sys.argv) - 2)\n')
+  r = subprocess.run([sys.executable, '-c', code, ROOT, *names], cwd=tmp_path,
+                     capture_output=True, text=True, timeout=120,
+                     env={k: v for k, v in os.environ.items()
+                          if k != 'PYTHONPATH'})
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.split() == ['ok', str(len(names))]
+
+
+@pytest.mark.parametrize('name', PAPER + ('fashion_mnist_demp',
+                                          'fashion_mnist_stripping',
+                                          'cifar_vit_stripping'))
+def test_every_trainer_setting_comes_from_common(name):
+  from demp_jax.training import options  # pylint: disable=g-import-not-at-top
+  c = load_config(name)
+  opts = options.TrainOptions.from_config(c)
+  assert opts.num_steps == c.num_steps
+  del c.shrink_delay
+  with pytest.raises(ValueError, match='config.shrink_delay is missing'):
+    options.TrainOptions.from_config(c)

@@ -152,3 +152,47 @@ def test_nothing_there_says_how_to_get_it(tmp_path):
     load_dataset({'name': 'cifar10', 'source': 'archive'})
   with pytest.raises(ValueError, match="source='idx'"):
     load_dataset({'name': 'cifar10', 'source': 'idx'})
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'overwrite'])
+def test_a_damaged_archive_is_named(tmp_path, damage):
+  exp = write_cifar(str(tmp_path), 'cifar10', 'binary', n_per_file=40,
+                    as_tar=True)
+  path = exp['path']
+  with open(path, 'rb') as f:
+    data = f.read()
+  mid = len(data) // 2
+  data = (data[:mid] if damage == 'truncate' else
+          data[:mid] + b'\xff' * 64 + data[mid + 64:])
+  with open(path, 'wb') as f:
+    f.write(data)
+  with pytest.raises(ValueError) as e:
+    cifar.load('cifar10', str(tmp_path), 'train')
+  assert str(e.value).startswith(f'CIFAR archive {path} is truncated or '
+                                 'corrupt (')
+
+
+def test_a_python_batch_with_fewer_labels_than_images(tmp_path):
+  d = tmp_path / 'cifar-10-batches-py'
+  d.mkdir()
+  images, fine, _ = random_cifar(3, 0)
+  batch = {b'data': images.transpose(0, 3, 1, 2).reshape(3, -1),
+           b'labels': fine.tolist()[:2]}
+  (d / 'test_batch').write_bytes(pickle.dumps(batch, protocol=2))
+  with pytest.raises(ValueError, match=f'{d / "test_batch"}: data '
+                     r'\(3, 3072\) / labels \(2,\)'):
+    cifar.load('cifar10', str(tmp_path), 'test')
+  (d / 'test_batch').write_bytes(b'\x80\x02garbage')
+  with pytest.raises(ValueError, match=f'{d / "test_batch"} is not a CIFAR '
+                     'python batch'):
+    cifar.load('cifar10', str(tmp_path), 'test')
+
+
+def test_out_of_range_labels_name_their_file(tmp_path):
+  exp = write_cifar(str(tmp_path), 'cifar10', 'binary', n_per_file=2)
+  path = os.path.join(exp['path'], 'data_batch_4.bin')
+  with open(path, 'r+b') as f:
+    f.write(bytes([10]))  # the first record's label
+  with pytest.raises(ValueError, match=f'{path}: labels span '
+                     r'\[\d+, 10\], not \[0, 10\)'):
+    cifar.load('cifar10', str(tmp_path), 'train')

@@ -82,3 +82,67 @@ def test_real_fashion_mnist():
   assert s.test.images.shape == (10000, 28, 28, 1)
   np.testing.assert_allclose(s.train.images.mean() / 255, 0.2860, atol=1e-3)
   assert np.bincount(s.test.labels).tolist() == [1000] * 10
+
+
+def _damage(path, fn):
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(fn(data))
+
+
+def _flip_middle(data: bytes) -> bytes:
+  mid = len(data) // 2
+  return data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 8]) + data[
+      mid + 8:]
+
+
+@pytest.mark.parametrize('damage,expected', [
+    (lambda d: d[:len(d) // 2], 'is truncated: its gzip stream ends early'),
+    (_flip_middle, 'is corrupt: not a valid gzip stream'),
+    (lambda d: b'PK\x03\x04' + d[4:], 'is corrupt: not a valid gzip stream'),
+])
+def test_a_damaged_gzip_file_is_named(tmp_path, damage, expected):
+  d = _fake_dir(tmp_path)
+  path = str(tmp_path / 'train-images-idx3-ubyte.gz')
+  _damage(path, damage)
+  with pytest.raises(ValueError) as e:
+    fashion_mnist.load('train', d, 'idx')
+  assert str(e.value).startswith(f'{path} {expected}')
+  assert '\n' not in str(e.value)
+
+
+def test_idx_headers_against_sizes_are_named(tmp_path):
+  d = _fake_dir(tmp_path, gz=False)
+  images = str(tmp_path / 'train-images-idx3-ubyte')
+  _damage(images, lambda b: b[:-28])  # one row short
+  with pytest.raises(ValueError, match=f'{images}: header says shape '
+                     r'\[30, 28, 28\] \(23520 bytes\) but the file holds '
+                     '23492'):
+    fashion_mnist.load('train', d, 'idx')
+  _damage(images, lambda b: b[:10])  # cut inside the header
+  with pytest.raises(ValueError, match=f'{images}: the header of a '
+                     '3-dimensional IDX file needs 16 bytes, the file holds '
+                     '10'):
+    fashion_mnist.load('train', d, 'idx')
+  os.remove(images)
+  os.makedirs(images)  # not a file
+  with pytest.raises(ValueError, match=f'{images} cannot be read'):
+    idx.read_idx(images)
+
+
+def test_images_against_labels_are_named(tmp_path):
+  d = _fake_dir(tmp_path, n_train=30)
+  labels = str(tmp_path / 'train-labels-idx1-ubyte.gz')
+  _write_idx(labels, np.zeros(29))
+  with pytest.raises(ValueError, match='train-images-idx3-ubyte.gz holds 30 '
+                     f'images but {labels} holds 29 labels'):
+    fashion_mnist.load('train', d, 'idx')
+  _write_idx(labels, np.full(30, 10))
+  with pytest.raises(ValueError, match=f'{labels}: labels span '
+                     r'\[10, 10\], not \[0, 10\)'):
+    fashion_mnist.load('train', d, 'idx')
+  _write_idx(labels, np.zeros((30, 2)))
+  with pytest.raises(ValueError, match=f'{labels}: labels must be integers '
+                     r'\[N\], the file holds uint8 \[30, 2\]'):
+    fashion_mnist.load('train', d, 'idx')

@@ -113,3 +113,76 @@ def test_no_import_time_work():
                        text=True, check=True, cwd=os.path.dirname(
                            os.path.dirname(__file__)))
   assert out.stdout.strip() == 'False'
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  """A real array_record ``imagenet2012`` data_dir; record 2 of the 4
+  training records has bytes that are not an image."""
+  from data_formats import jpeg_records, prepare_fake_imagenet  # pylint: disable=g-import-not-at-top
+  train = jpeg_records(4, seed=3)
+  train[2] = {'image': b'\xff\xd8 not a jpeg', 'label': 5}
+  root = tmp_path_factory.mktemp('prepared')
+  prepare_fake_imagenet(str(root), train, jpeg_records(2, seed=4))
+  return root
+
+
+def _copy(prepared, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'data'
+  shutil.copytree(prepared, data)
+  return data, data / 'imagenet2012' / '5.1.0'
+
+
+def _imagenet(data):
+  return load_dataset({'name': 'imagenet2012', 'data_dir': str(data),
+                       'image_size': 32, 'resize_sizes': (36, 48),
+                       'eval_resize': 36, 'num_threads': 2})
+
+
+TRAIN = 'imagenet2012-train.array_record-00000-of-00001'
+
+
+def test_damaged_info_and_missing_or_truncated_shards_are_named(prepared,
+                                                                tmp_path):
+  data, version = _copy(prepared, tmp_path)
+  info = version / 'dataset_info.json'
+  good = info.read_bytes()
+  info.write_bytes(b'\xff' + good[1:])
+  with pytest.raises(ValueError, match=f'{info} is corrupt or unreadable'):
+    _imagenet(data)
+  info.unlink()
+  with pytest.raises(ValueError, match=f'{info} is missing: the prepared '
+                     'tfds dataset .* is incomplete'):
+    _imagenet(data)
+  info.write_bytes(good)
+  shard = version / TRAIN
+  blob = shard.read_bytes()
+  shard.write_bytes(blob[:3000])
+  with pytest.raises(ValueError, match=f'{shard} (is corrupt|holds 0 '
+                     'records but dataset_info.json says 4)'):
+    _imagenet(data)
+  shard.unlink()
+  with pytest.raises(ValueError, match=f'{shard} is missing: .*split '
+                     "'train'.* with 4 records"):
+    _imagenet(data)
+
+
+def test_read_errors_name_the_split_the_file_and_the_record(prepared,
+                                                            tmp_path):
+  data, version = _copy(prepared, tmp_path)
+  splits = _imagenet(data)
+  with pytest.raises(ValueError) as e:
+    splits.train.get(np.arange(4))
+  assert (f"tfds dataset 'imagenet2012' split 'train' in {version}: record "
+          in str(e.value))
+  assert 'cannot decode its image (UnidentifiedImageError' in str(e.value)
+  shard = version / TRAIN
+  blob = bytearray(shard.read_bytes())
+  blob[2000:2200] = b'\xff' * 200  # inside a chunk: found when it is read
+  shard.write_bytes(bytes(blob))
+  splits = _imagenet(data)
+  with pytest.raises(ValueError, match=r"split 'train' in .*: cannot read "
+                     rf"records \[0, 1, 2, 3\] \(in \['{TRAIN}'\]\): "
+                     'RuntimeError: Corrupted'):
+    splits.train.get(np.arange(4))

@@ -8,6 +8,7 @@ import pytest
 
 from demp_jax.data import fashion_mnist
 from demp_jax.training import loop
+from demp_jax.training import shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fmnist = pytest.mark.skipif(
@@ -65,13 +66,13 @@ def test_events_that_change_no_unit_skip_the_host_round_trip(tmp_path,
   # every unit is dead at once (huge epsilon): step 10 removes all but
   # min_width, and the later events find nothing more to remove
   calls = []
-  real = loop.hold_dead
+  real = shrink.fold_and_hold
 
-  def counting(updater, state, alive, constants, dp):
+  def counting(updater, state, live, constants, dp):
     calls.append(int(state.step))
-    return real(updater, state, alive, constants, dp)
+    return real(updater, state, live, constants, dp)
 
-  monkeypatch.setattr(loop, 'hold_dead', counting)
+  monkeypatch.setattr(shrink, 'fold_and_hold', counting)
   c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
               'round_widths_to': 1, 'num_steps': 25})
   s = loop.train(c, str(tmp_path))
@@ -138,12 +139,12 @@ def test_cli_rejects_unknown_config_keys_and_algorithms(tmp_path):
   assert r.returncode != 0 and 'reg_peek' in r.stderr
   r = _cli('--workdir', str(tmp_path),
            '--config.sparsity_config.algorithm=demq')
-  assert r.returncode == 1
+  assert r.returncode == 2  # a bad command line, refused before the run
   assert "algorithm='demq' is not a registered algorithm" in r.stderr
 
 
 @pytest.mark.parametrize('arch', ['resnet18', 'vit'])
-def test_hold_dead_silences_padding_units_behind_index_maps(arch):
+def test_fold_and_hold_silences_padding_units_behind_index_maps(arch):
   """Units masked to fill a width bucket output exactly zero, also where a
   residual gather or an MLP-output scatter would carry them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -164,12 +165,13 @@ def test_hold_dead_silences_padding_units_behind_index_maps(arch):
   tx = upd.wrap_optax(optax.sgd(0.1))
   state = TrainState(np.int32(0), v, tx.init(v['params']))
   rng = np.random.default_rng(0)
-  alive = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
-  held = loop.hold_dead(upd, state, alive, None, parallel.DataParallel())
+  live = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
+  held = shrink.fold_and_hold(upd, state, live, None,
+                              parallel.DataParallel())
   x = jax.random.normal(jax.random.PRNGKey(0), (3,) + a.input_shape)
   _, acts = stats.sown_activations(model, held.variables, x)
   checked = 0
-  for name, al in alive.items():
+  for name, al in live.items():
     if name in acts and (~al).any():
       assert np.all(np.asarray(acts[name])[..., ~al] == 0), name
       checked += 1
@@ -236,3 +238,60 @@ def test_a_fresh_run_refuses_a_workdir_with_checkpoints(tmp_path):
 def test_negative_shrink_delay_is_refused(tmp_path):
   with pytest.raises(ValueError, match='shrink_delay'):
     loop.train(tiny(shrink_delay=-1), str(tmp_path))
+
+
+@needs_fmnist
+def test_a_failing_background_shrink_stops_the_run_at_once(tmp_path,
+                                                           monkeypatch):
+  """The swap is due only at the end (shrink_delay past num_steps), so the
+  run must stop on the background failure itself, not wait for the swap."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  class Broken(RuntimeError):
+    pass
+
+  def broken_surgery(*args, **kwargs):
+    raise Broken('surgery failed on the background thread')
+
+  monkeypatch.setattr(shrink, 'shrink_job', broken_surgery)
+  c = tiny(**{'sparsity_config.epsilon': 1e12, 'sparsity_config.min_width': 3,
+              'round_widths_to': 1, 'num_steps': 30, 'shrink_delay': 1000,
+              'log_every': 1})
+  t0 = time.perf_counter()
+  with pytest.raises(Broken, match='background thread'):
+    loop.train(c, str(tmp_path))
+  assert time.perf_counter() - t0 < 120
+  # the event is at step 10; the failure is seen a step or two later
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')]
+  assert max(steps) < 20, steps
+
+
+@needs_fmnist
+def test_resuming_a_finished_run_writes_a_complete_summary(tmp_path, capsys):
+  import math  # pylint: disable=g-import-not-at-top
+  c = tiny(**{'sparsity_config.algorithm': 'no_prune', 'num_steps': 4,
+              'resume': True})
+  loop.train(c, str(tmp_path))
+  assert 'no checkpoint' in capsys.readouterr().err  # says it starts fresh
+  first = json.load(open(tmp_path / 'summary.json'))
+  again = loop.train(c, str(tmp_path))
+  assert again['resumed_from'] == 4
+  assert math.isfinite(again['final_train_loss'])
+  assert again['final_train_loss'] == first['final_train_loss']
+  assert again['test_accuracy'] == first['test_accuracy']
+  for k in ('step_seconds_first', 'step_seconds_last'):  # kept to 1 us
+    assert again[k] == pytest.approx(first[k], abs=1e-6), k
+  assert again['train_seconds'] >= first['train_seconds'] > 0
+
+
+def test_a_zero_width_layer_is_refused_before_training(tmp_path):
+  """It used to train until the first checkpoint, where orbax failed on the
+  zero-size arrays and could hang the interpreter's exit."""
+  if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
+    pytest.skip('Fashion-MNIST is not installed')
+  r = _cli('--workdir', str(tmp_path), '--config.model.conv_widths=(8,0)',
+           '--config.checkpoint_every=5')
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "error: model variable ['batch_stats']['conv_bn_1']" in r.stderr
+  assert 'config.model must be >= 1' in r.stderr
+  assert not os.path.exists(tmp_path / 'metrics.jsonl')  # no step trained

@@ -79,5 +79,6 @@ def test_dynamic_dead_rate_counts_zero_outputs_per_example():
   p['dense_0']['bias'] = jnp.zeros(4)
   x = jnp.array([[[1.0], [-1.0]]])  # one batch of two examples
   # x=1: outputs (1,0,0,2): 2 zeros of 4; x=-1: (0,1,0,0): 3 zeros of 4
-  rate = stats.dynamic_dead_rate(m, {'params': p}, x)
-  np.testing.assert_allclose(rate, (2 / 4 + 3 / 4) / 2)
+  rates = stats.dead_rates(m, {'params': p}, x)
+  np.testing.assert_allclose(rates.dynamic_dead_rate, (2 / 4 + 3 / 4) / 2)
+  assert (rates.dead_units, rates.units) == (1, 4)  # unit 2 is always 0

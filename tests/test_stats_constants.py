@@ -38,3 +38,20 @@ def test_constant_outputs_rule():
   assert c[4] == pytest.approx(1e4, rel=1e-6)   # relative to |c| = 1e4
   assert np.isnan(c[5])                   # never saw a finite max
   assert np.all(np.isnan(stats.constant_outputs({'g': r}, tol=0.0)['g'][2:4]))
+
+
+def test_layer_tol_is_relative_to_the_layers_mean_abs():
+  """DemP's rule: ``max - min <= layer_tol * mean_j mean_abs_j``; the two
+  tolerances add, and 0 turns one off."""
+  s = stats.UnitStats(dead=jnp.zeros(4, bool), apoz=jnp.zeros(4),
+                      mean_abs=jnp.array([1.0, 2.0, 0.5, 0.5]),  # mean 1.0
+                      dormancy=jnp.zeros(4),
+                      min=jnp.array([3.0, 3.0, 3.0, -jnp.inf]),
+                      max=jnp.array([3.09, 3.11, 3.0, 0.0]))
+  c = stats.constant_outputs({'g': s}, 0.0, layer_tol=0.1)['g']
+  assert c[0] == pytest.approx(3.045) and c[2] == 3.0
+  assert np.isnan(c[1]) and np.isnan(c[3])  # 0.11 > 0.1; never finite
+  alone = stats.constant_outputs({'g': s}, 0.0)['g']
+  assert np.isnan(alone[0]) and alone[2] == 3.0
+  both = stats.constant_outputs({'g': s}, 0.01, layer_tol=0.1)['g']
+  assert both[1] == pytest.approx(3.055)  # 0.11 <= 0.01 * 3.11 + 0.1

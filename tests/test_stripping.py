@@ -1,5 +1,4 @@
 """Synaptic Stripping: the quantile rule by hand, strict masks, the loop."""
-import importlib.util
 import json
 import os
 
@@ -10,24 +9,13 @@ import optax
 import pytest
 
 import testlib_models
+from conftest import load_config
 from demp_jax import models
 from demp_jax import topology as topo
 from demp_jax.algorithms import base
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import masked
 from demp_jax.algorithms import stripping
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=''):
-  """``configs/<name>.py``'s ``get_config(arg)``."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', name + '.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
-
 
 def init_vars(model, shape, seed=0):
   """Random variables from the shapes alone: nothing to compile."""
@@ -147,11 +135,12 @@ def _mlp_with_a_dead_unit():
 
 def _ctx(model, shape, params, opt_state, seed=0):
   x = jax.random.normal(jax.random.PRNGKey(seed), (2, 16) + shape)
-  return base.PruneContext(7, model, {'params': params}, opt_state, shape, x,
+  return base.PruneContext(7, model, model.unit_topology(shape),
+                           {'params': params}, opt_state, x,
                            jnp.zeros((2, 16), jnp.int32))
 
 
-def test_update_masks_strips_the_dead_unit_only():
+def test_decide_strips_the_dead_unit_only():
   model, shape, params = _mlp_with_a_dead_unit()
   upd = create_updater_from_config(
       {'algorithm': 'synaptic_stripping', 'stripping_factor': 0.05},
@@ -162,7 +151,12 @@ def test_update_masks_strips_the_dead_unit_only():
   ctx = _ctx(model, shape, params, state)
   stats = ctx.stats()
   assert np.flatnonzero(np.asarray(stats['act_1'].dead)).tolist() == [3]
-  new = upd.update_masks(ctx)
+  decision = upd.decide(ctx)
+  new = decision.masks
+  assert decision.keep is None  # no unit is removed
+  assert upd.probe.stats and upd.probe.split == 'holdout'
+  assert [t for t in range(3500) if upd.schedule.is_update_step(t)] == [
+      1000, 2000, 3000] and upd.schedule.at_end
   # k = 40: pos = 0.05 * 39 = 1.95 -> the 2 most negative of the column go.
   col = np.asarray(new['dense_1']['kernel'])[:, 3]
   assert col.sum() == 38
@@ -172,13 +166,14 @@ def test_update_masks_strips_the_dead_unit_only():
   dead0 = np.asarray(stats['act_0'].dead)
   k0 = np.asarray(new['dense_0']['kernel'])
   assert np.all(k0[:, ~dead0] == 1)
-  metrics = upd.event_metrics(ctx, new)
+  metrics = decision.metrics
   assert metrics['stripped_now'] == 40 - 38 + int((k0 == 0).sum())
   assert metrics['dead_units'] == int(dead0.sum()) + 1
+  assert metrics['dead_found'] == {'act_0': int(dead0.sum()), 'act_1': 1}
   # Off (q = 0): measures, strips nothing.
   off = stripping.SynapticStripping(topology=upd.topology,
                                     stripping_factor=0.0)
-  same = off.update_masks(ctx)
+  same = off.decide(ctx).masks
   assert masked.mask_counts(same) == masked.mask_counts(state.masks)
 
 

@@ -12,6 +12,7 @@ from demp_jax import models
 from demp_jax import topology as topo
 from demp_jax.algorithms import base
 from demp_jax.algorithms import create_updater_from_config
+from demp_jax.algorithms import schedules
 from demp_jax.algorithms import scores as sc
 from demp_jax.algorithms import structured
 
@@ -204,7 +205,7 @@ def test_incoming_l1_ranks_units_by_their_kernel_column():
                                      update_start_step=0, update_end_step=10,
                                      update_freq=5)
   ctx = _ctx(m, {**v, 'params': params}, step=10)
-  keep = u.choose_keep(ctx)
+  keep = u.decide(ctx).keep
   assert keep['act_0'].tolist() == [True, True, False, False]
   assert int(keep['act_1'].sum()) == 2  # round(0.5 * 3)
 
@@ -212,21 +213,37 @@ def test_incoming_l1_ranks_units_by_their_kernel_column():
 def _ctx(model, variables, step=0, opt_state=None, images=None, labels=None):
   if images is None:
     images, labels = _data()
-  return base.PruneContext(step, model, variables, opt_state, IN, images,
-                           labels)
+  return base.PruneContext(step, model, model.unit_topology(IN), variables,
+                           opt_state, images, labels)
 
 
 def test_polynomial_schedule_and_update_steps_follow_jaxpruner():
   # s(t) = 0.8 * (1 - (1 - p)^3), p = (t + 1 - 10) / 20
-  assert sc.polynomial_sparsity(9, 0.8, 10, 30) == 0.0
-  np.testing.assert_allclose(sc.polynomial_sparsity(19, 0.8, 10, 30),
-                             0.8 * (1 - 0.5 ** 3))
-  assert sc.polynomial_sparsity(30, 0.8, 10, 30) == pytest.approx(0.8)
-  assert sc.polynomial_sparsity(99, 0.8, 10, 30) == pytest.approx(0.8)
-  assert sc.polynomial_sparsity(0, 0.8, 7, 7) == pytest.approx(0.8)
-  steps = [t for t in range(40) if sc.is_update_step(t, 5, 10, 30)]
-  assert steps == [10, 15, 20, 25, 30]
-  assert [t for t in range(40) if sc.is_update_step(t, 5, 7, 7)] == [7]
+  poly = schedules.polynomial_sparsity
+  assert poly(9, 0.8, 10, 30) == 0.0
+  np.testing.assert_allclose(poly(19, 0.8, 10, 30), 0.8 * (1 - 0.5 ** 3))
+  assert poly(30, 0.8, 10, 30) == pytest.approx(0.8)
+  assert poly(99, 0.8, 10, 30) == pytest.approx(0.8)
+  assert poly(0, 0.8, 7, 7) == pytest.approx(0.8)
+
+  def steps(schedule):
+    return [t for t in range(40) if schedule.is_update_step(t)]
+
+  # JaxPruner's keys: multiples of update_freq in [start, end]; one shot at
+  # end when start == end; no start, no update
+  assert steps(schedules.jaxpruner_schedule(5, 10, 30)) == [10, 15, 20, 25,
+                                                            30]
+  assert steps(schedules.jaxpruner_schedule(5, 7, 28)) == [10, 15, 20, 25]
+  assert steps(schedules.jaxpruner_schedule(5, 7, 7)) == [7]
+  assert steps(schedules.jaxpruner_schedule(5, 7, None)) == [7]
+  assert steps(schedules.jaxpruner_schedule(5, None, None)) == []
+  # DemP's and Synaptic Stripping's: every k steps counted from the start
+  assert steps(schedules.PeriodicSchedule(10, 7)) == [7, 17, 27, 37]
+  both = schedules.AnyOf((schedules.PeriodicSchedule(10, 0, 20),
+                          schedules.OneShotSchedule(33, at_end=True)))
+  assert steps(both) == [0, 10, 20, 33] and both.at_end
+  with pytest.raises(ValueError, match='update_freq'):
+    schedules.PeriodicSchedule(0)
 
 
 def test_iterative_targets_match_the_reference_schedule():
@@ -258,8 +275,8 @@ def test_early_snap_keeps_theta0_across_replace_and_prunes_once():
       {'algorithm': 'early_snap', 'sparsity': 0.5, 'check_every': 3,
        'score_batches': 2, 'score_batch_size': 7}, topology=t)
   assert isinstance(u, structured.EarlySNAP)
-  assert u.prunes_at(0) and u.prunes_at(3) and not u.prunes_at(4)
-  assert u.choose_keep(_ctx(m, v, step=0)) is None  # records theta_0
+  assert [t for t in range(5) if u.schedule.is_update_step(t)] == [0, 3]
+  assert u.decide(_ctx(m, v, step=0)).keep is None  # records theta_0
   init_norm = sc.tree_norm(v['params'])
   u = u.with_topology(t)  # what the loop does after a surgery
   assert u.tracker.theta0 is not None
@@ -269,9 +286,9 @@ def test_early_snap_keeps_theta0_across_replace_and_prunes_once():
                                         v['params'])}
 
   # th = 1 - 0.5: a relative change of 0.6 does not fire ...
-  assert u.choose_keep(_ctx(m, moved(0.6), step=3)) is None
+  assert u.decide(_ctx(m, moved(0.6), step=3)).keep is None
   # ... then 0.6 -> 0.8 (change 0.2 < 0.5) fires and prunes half the units
-  keep = u.choose_keep(_ctx(m, moved(0.8), step=6))
+  keep = u.decide(_ctx(m, moved(0.8), step=6)).keep
   assert keep is not None and sum(int(k.sum()) for k in keep.values()) == 5
   checks = u.tracker.checks
   assert [c[0] for c in checks] == [0, 3, 6]
@@ -279,16 +296,16 @@ def test_early_snap_keeps_theta0_across_replace_and_prunes_once():
                              [0.0, 0.6 * init_norm, 0.8 * init_norm],
                              rtol=1e-5)
   assert u.tracker.pruned_at == 6 and u.tracker.theta0 is None
-  assert not u.prunes_at(9)
+  assert not u.schedule.is_update_step(9)  # pruned: no more checks
 
 
 def test_early_crop_forced_at_max_prune_step():
   m, v = _model_and_vars(use_bn=True, widths=(6, 4))
   u = structured.EarlyCrop(topology=m.unit_topology(IN), sparsity=0.5,
                            check_every=100, max_prune_step=7)
-  assert u.prunes_at(7) and not u.prunes_at(8)
-  assert u.choose_keep(_ctx(m, v, step=0)) is None
-  assert u.choose_keep(_ctx(m, v, step=7)) is not None  # no movement, forced
+  assert [t for t in range(9) if u.schedule.is_update_step(t)] == [0, 7]
+  assert u.decide(_ctx(m, v, step=0)).keep is None
+  assert u.decide(_ctx(m, v, step=7)).keep is not None  # no movement, forced
   assert u.tracker.pruned_at == 7
 
 
@@ -296,17 +313,17 @@ def test_snap_step0_with_iterative_steps_and_masked_units():
   """Units masked already (bucket padding) are not live and stay out."""
   m, v = _model_and_vars(use_bn=True, widths=(6, 4))
   t = m.unit_topology(IN)
-  alive = {'act_0': np.array([1, 1, 1, 1, 1, 0], bool),
-           'act_1': np.ones(4, bool)}
-  state = base.SparseState(masks=topo.param_masks(t, v['params'], alive))
-  assert {k: a.tolist() for k, a in sc.alive_units(t, state).items()} == {
-      k: a.tolist() for k, a in alive.items()}
+  live = {'act_0': np.array([1, 1, 1, 1, 1, 0], bool),
+          'act_1': np.ones(4, bool)}
+  state = base.SparseState(masks=topo.param_masks(t, v['params'], live))
+  assert {k: a.tolist() for k, a in sc.live_units(t, state).items()} == {
+      k: a.tolist() for k, a in live.items()}
   u = structured.SNAP(topology=t, sparsity=0.6, pruning_steps=3)
-  assert u.prunes_at(0) and not u.prunes_at(1)
-  keep = u.choose_keep(_ctx(m, v, step=0, opt_state=state))
+  assert u.schedule.is_update_step(0) and not u.schedule.is_update_step(1)
+  keep = u.decide(_ctx(m, v, step=0, opt_state=state)).keep
   assert not keep['act_0'][5]
   assert sum(int(k.sum()) for k in keep.values()) == 4  # round(0.4 * 10)
-  assert len(u.tracker.events) == 1 and not u.prunes_at(0)
+  assert len(u.tracker.events) == 1 and not u.schedule.is_update_step(0)
 
 
 def test_network_slimming_penalty_stops_at_prune_step_and_ranks_gammas():
@@ -328,12 +345,13 @@ def test_network_slimming_penalty_stops_at_prune_step_and_ranks_gammas():
     np.testing.assert_allclose(upd['bn_0']['scale'],
                                want * np.sign([0.5, -2.0, 0.1, 1.0]))
     assert float(jnp.abs(upd['dense_0']['kernel']).sum()) == 0
-  assert u.prunes_at(2) and not u.prunes_at(1) and not u.prunes_at_end()
-  keep = u.choose_keep(_ctx(m, {**v, 'params': params}, step=2))
+  assert u.schedule.is_update_step(2) and not u.schedule.is_update_step(1)
+  assert not u.schedule.at_end
+  keep = u.decide(_ctx(m, {**v, 'params': params}, step=2)).keep
   # one ranking of |gamma| over both layers keeps round(0.5 * 7) = 4 units
   assert keep['act_0'].tolist() == [True, True, False, True]
   assert keep['act_1'].tolist() == [False, False, True]
-  assert not u.prunes_at(2)
+  assert not u.schedule.is_update_step(2)
 
 
 def test_configs_are_validated():

@@ -102,7 +102,7 @@ def test_updater_state_masks_are_sliced(small_mlp):
   tx = upd.wrap_optax(optax.adamw(1e-3))
   s = tx.init(v['params'])
   alive = {'act_0': np.arange(12) < 9, 'act_1': np.ones(9, bool)}
-  s = upd.set_alive(s, v['params'], alive)
+  s = upd.mask_units(s, v['params'], alive)
   keep = {'act_0': np.arange(12) < 10}  # keeps one masked unit (index 9)
   res = surgery.shrink(small_mlp, v, keep, input_shape=shape, opt_state=s,
                        tx=tx)

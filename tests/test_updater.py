@@ -31,8 +31,12 @@ def test_registry_and_config_construction(small_mlp):
   assert u.topology is t
   d = demp_jax.create_updater_from_config(_config(algorithm='no_prune'))
   assert isinstance(d, base.NoPruning)  # DemP keys ignored by no_prune
-  assert u.prunes_at(5) and u.prunes_at(10) and not u.prunes_at(7)
-  assert not u.prunes_at(0)
+  when = u.schedule
+  assert when.is_update_step(5) and when.is_update_step(10)
+  assert not when.is_update_step(7) and not when.is_update_step(0)
+  assert when.at_end  # and a death check after the last step
+  assert u.probe == base.ProbeSpec(3, 512, 'train', 0.0, stats=True)
+  assert not d.schedule.is_update_step(5) and not d.schedule.at_end
 
 
 def test_register_algorithm_adds_a_dataclass():
@@ -102,8 +106,8 @@ def test_masked_units_stay_exactly_zero_and_get_no_noise(small_mlp):
   s = tx.init(v['params'])
   x = jax.random.normal(jax.random.PRNGKey(0), (16,) + shape)
   v, s = _train(small_mlp, v, u, tx, s, x, 3)  # non-zero moments
-  alive = {'act_0': np.arange(12) >= 4, 'act_1': np.ones(9, bool)}
-  s = u.set_alive(s, v['params'], alive)
+  live = {'act_0': np.arange(12) >= 4, 'act_1': np.ones(9, bool)}
+  s = u.mask_units(s, v['params'], live)
   v = {**v, 'params': u.post_gradient_update(v['params'], s)}
   v2, s2 = _train(small_mlp, v, u, tx, s, x, 10)
   p = v2['params']
@@ -155,3 +159,23 @@ def test_keep_from_stats_respects_min_width():
   keep = u.keep_from_stats(s)
   np.testing.assert_array_equal(keep['a'], [False, True, False, True])
   np.testing.assert_array_equal(keep['b'], [True, True])
+
+
+def test_decide_removes_dead_and_constant_units_and_folds_the_constants():
+  # layer mean |a| = 1.0: a unit whose range is within 0.1 of it is constant
+  s = {'a': stats.UnitStats(
+      dead=jnp.array([True, False, False, False]), apoz=jnp.zeros(4),
+      mean_abs=jnp.array([0.0, 1.5, 2.0, 0.5]), dormancy=jnp.zeros(4),
+      min=jnp.array([0.0, 0.0, 2.0, 0.5]),
+      max=jnp.array([0.0, 3.0, 2.05, 1.0]))}
+  ctx = base.PruneContext(7, None, None, {}, None,
+                          stats_fn=lambda variables, images, eps: s)
+  d = demp.DemonPruning().decide(ctx)
+  np.testing.assert_array_equal(d.keep['a'], [False, True, False, True])
+  np.testing.assert_array_equal(d.constants['a'],
+                                np.float32([0.0, np.nan, 2.025, np.nan]))
+  np.testing.assert_array_equal(d.scores['a'], [0.0, 1.5, 2.0, 0.5])
+  assert d.metrics['dead_found'] == {'a': 1} and d.masks is None
+  plain = demp.DemonPruning(fold_constants=False).decide(ctx)
+  np.testing.assert_array_equal(plain.keep['a'], [False, True, True, True])
+  assert plain.constants is None

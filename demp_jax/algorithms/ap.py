@@ -13,8 +13,8 @@ rate and ``p_ap`` = ``ap_rate``:
 2. the base method prunes its share, ``p - p_ap`` of what remains: for an
    unstructured base exactly ``round(p N) - n_ap`` weights, so that AP and
    the base alone reach the same sparsity; a structured base removes
-   ``p - p_ap`` of its live units (:func:`base_round`), so the sparsities
-   of AP and of the base alone at rate ``p`` differ a little;
+   ``p - p_ap`` of its live units (its own ``prune_round``), so the
+   sparsities of AP and of the base alone at rate ``p`` differ a little;
 3. AP prunes ``n_ap = floor(p_ap N)`` more weights (``N``: weights alive
    before step 2) among the *surviving negative* weights
    ``C = {i : m_i = 1, theta_T,i < 0}``, those that moved least during the
@@ -27,25 +27,25 @@ rate and ``p_ap`` = ``ap_rate``:
 
 Removing a negative weight ``w < 0`` on an input ``x >= 0`` (after a ReLU)
 can only raise the unit's pre-activation, so units are zero on fewer
-inputs: the "selective activation". :func:`dead_rates` measures it: the
-dynamic dead-neuron rate, per example the fraction of unit outputs that are
-zero, averaged over the probe data.
+inputs: the "selective activation". :func:`demp_jax.stats.dead_rates`
+measures it: the dynamic dead-neuron rate, per example the fraction of unit
+outputs that are zero, averaged over the probe data.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from demp_jax import stats as stats_lib
 from demp_jax import topology as topo
 from demp_jax.algorithms import base as base_lib
 from demp_jax.algorithms import masked
-from demp_jax.algorithms import scores as sc
+from demp_jax.algorithms import registry
+from demp_jax.algorithms import schedules
 
 
 def ap_select(params_t: Any, params_0: Any, masks: Any, n: int,
@@ -102,53 +102,13 @@ def ap_select(params_t: Any, params_0: Any, masks: Any, n: int,
   return jax.tree_util.tree_unflatten(treedef, out), k
 
 
-def base_granularity(b: base_lib.BaseUpdater) -> str:
-  """``'weight'`` for a base with ``prune_round`` (unstructured, e.g.
-  ``global_magnitude``), ``'unit'`` for a structured pruner with
-  ``select(ctx, alive, sparsity)`` (:class:`structured.StructuredPruner`:
-  ``structured_magnitude``, ``snap``, ...)."""
-  if callable(getattr(b, 'prune_round', None)):
-    return getattr(b, 'granularity', 'weight')
-  if callable(getattr(b, 'select', None)):
-    return 'unit'
-  raise ValueError(
-      f'{type(b).__name__} cannot be AP\'s base: it needs prune_round(ctx, '
-      'masks, fraction) (unstructured, e.g. "global_magnitude") or '
-      'select(ctx, alive, sparsity) (a structured pruner, e.g. '
-      '"structured_magnitude")')
-
-
-def base_round(b: base_lib.BaseUpdater, ctx: base_lib.PruneContext,
-               masks: Any, fraction: float) -> Any:
-  """The base method's share of a round: new masks with ``fraction`` of
-  the base's remaining items (weights or units) pruned.
-
-  A structured base ranks the live units (read from the masks by
-  :func:`scores.alive_units`) with its own scores and keeps
-  ``(1 - fraction)`` of them: it is asked for the unit sparsity
-  ``s = 1 - (live / initial) (1 - fraction)``. Its pruned units are masked
-  as units (kernel columns, biases, norms and consumer rows,
-  :func:`topology.param_masks`), ANDed into ``masks``.
-  """
-  if base_granularity(b) == 'weight':
-    return b.prune_round(ctx, masks, fraction)
-  topology = ctx.topology
-  alive = sc.alive_units(topology, base_lib.SparseState(masks=masks))
-  live = sum(int(v.sum()) for v in alive.values())
-  total = sum(g.size for g in topology.groups)
-  target = min(1.0 - live / total * (1.0 - fraction), 1.0 - 1e-9)
-  keep = b.select(ctx, alive, max(target, 0.0))
-  return masked.combine_masks(
-      masks, topo.param_masks(topology, ctx.variables['params'], keep))
-
-
 @dataclasses.dataclass
 class ActivateWhilePruning(masked.StrictMasking):
   """AP around a registered base pruner (see the module doc).
 
-  The base is any registered updater that :func:`base_round` can drive:
-  unstructured with ``prune_round`` (``'global_magnitude'``) or a
-  structured pruner (``'structured_magnitude'``, ``'snap'``, ...), whose
+  The base is any registered updater that prunes in rounds
+  (``granularity`` ``'weight'``: ``'global_magnitude'``; or ``'unit'``: a
+  structured pruner, ``'structured_magnitude'``, ``'snap'``, ...), whose
   settings go in ``base_config`` (``structured_magnitude`` requires its
   schedule keys, unused here: ``{'update_start_step': 0,
   'update_end_step': 0}``). A round is :meth:`prune_round`; rewinding and
@@ -182,14 +142,19 @@ class ActivateWhilePruning(masked.StrictMasking):
                        'pruner such as "global_magnitude" or '
                        '"structured_magnitude"')
 
+  granularity: ClassVar[Optional[str]] = 'weight'
+
   def base_pruner(self) -> base_lib.BaseUpdater:
     """The base updater, with this updater's topology."""
     if self.base_updater is None:
-      from demp_jax.algorithms import api  # pylint: disable=g-import-not-at-top
       cfg = dict(self.base_config or {})
       cfg['algorithm'] = self.base
-      b = api.create_updater_from_config(cfg, topology=self.topology)
-      base_granularity(b)  # raises for a base AP cannot drive
+      b = registry.create_updater_from_config(cfg, topology=self.topology)
+      if b.granularity not in ('weight', 'unit'):
+        raise ValueError(
+            f'{type(b).__name__} cannot be AP\'s base: it does not prune in '
+            'rounds (use an unstructured pruner such as "global_magnitude" '
+            'or a structured one such as "structured_magnitude")')
       self.base_updater = b
     return self.base_updater
 
@@ -208,16 +173,12 @@ class ActivateWhilePruning(masked.StrictMasking):
                                 masked.ones_masks(params, self.filter_fn))
 
   def prune_round(self, ctx: base_lib.PruneContext, masks: Any,
-                  fraction: float, start_params: Any = None) -> Any:
+                  fraction: float, start_params: Any = None
+                  ) -> base_lib.RoundResult:
     """Base method, then AP (see the module doc); ``start_params`` is
-    ``theta_0``. Returns the new masks."""
-    return self.prune_round_info(ctx, masks, fraction, start_params)[0]
-
-  def prune_round_info(self, ctx: base_lib.PruneContext, masks: Any,
-                       fraction: float, start_params: Any = None
-                       ) -> tuple[Any, dict]:
-    """:meth:`prune_round` and its counts: ``alive_before`` (weights AP may
-    prune that were alive), ``pruned_base``, ``pruned_ap`` and ``n_ap``."""
+    ``theta_0``. Returns the new masks and the round's counts:
+    ``alive_before`` (weights AP may prune that were alive),
+    ``pruned_base``, ``pruned_ap`` and ``n_ap``."""
     if not 0.0 <= fraction <= 1.0:
       raise ValueError(f'pruning fraction must be in [0, 1], got {fraction}')
     if self.ap_rate > fraction:
@@ -231,63 +192,28 @@ class ActivateWhilePruning(masked.StrictMasking):
     if n_ap and start_params is None:
       raise ValueError('AP needs the round\'s start params (start_params) to '
                        'measure how far each weight moved')
-    if base_granularity(b) == 'weight':
-      alive_b, _ = b.count_alive(masks)
+    if b.granularity == 'weight':
+      alive_b, _ = masked.mask_counts(masks)
       n_base = int(round(fraction * alive_b)) - n_ap
       base_fraction = max(n_base, 0) / max(alive_b, 1)
     else:
       base_fraction = fraction - float(self.ap_rate)
-    new = base_round(b, ctx, masks, base_fraction)
+    new = b.prune_round(ctx, masks, base_fraction).masks
     after_base, _ = masked.mask_counts(new, fn, params)
     new, pruned_ap = ap_select(params, start_params, new, n_ap,
                                self.filter_fn)
-    return new, {'alive_before': n_w, 'pruned_base': n_w - after_base,
-                 'pruned_ap': pruned_ap, 'n_ap': n_ap}
+    return base_lib.RoundResult(new, {
+        'alive_before': n_w, 'pruned_base': n_w - after_base,
+        'pruned_ap': pruned_ap, 'n_ap': n_ap})
 
   # ------------------------------------------------------------ the loop
 
-  def prunes_at(self, step: int) -> bool:
+  @property
+  def schedule(self) -> schedules.Schedule:
     raise ValueError(
         'ActivateWhilePruning prunes between rounds of training with '
         'rewinding; run it with experiments/ap.py '
         '(demp_jax.training.cycles.run_cycles), not the single-run loop')
 
-
-
-def dead_rates(model: Any, variables: Mapping[str, Any], batches: jax.Array,
-               alive: Optional[Mapping[str, Any]] = None) -> dict:
-  """Dead-neuron rates of a network on ``[N, B, ...]`` probe batches.
-
-  With ``z_{x,u}`` the output of unit-position ``u`` (a unit of a dense
-  layer, or a (channel, h, w) element of a conv map) on example ``x``:
-
-  * ``dynamic_dead_rate``: ``mean_x [ #{u : z_{x,u} = 0} / #u ]`` over all
-    sown units (as :func:`demp_jax.stats.dynamic_dead_rate`);
-  * ``dynamic_dead_rate_live``: the same over the units ``alive`` marks
-    (``{group: bool[n]}``), so that units pruned away, which output 0 by
-    construction, do not count;
-  * ``dead_units``: units zero on every example and position (static
-    death, the Synaptic Stripping criterion), out of ``units``.
-  """
-  stats = stats_lib.saturation_stats(model, variables, batches, 0.0)
-  _, probe = jax.eval_shape(
-      lambda v, x: stats_lib.sown_activations(model, v, x), variables,
-      batches[0])
-  zeros = total = zeros_live = total_live = 0.0
-  dead = units = 0
-  for name, st in stats.items():
-    pos = float(math.prod(probe[name].shape[1:-1]))
-    apoz = np.asarray(st.apoz, np.float64)
-    live = (np.ones(apoz.shape, bool) if alive is None or name not in alive
-            else np.asarray(alive[name], bool))
-    zeros += apoz.sum() * pos
-    total += apoz.size * pos
-    zeros_live += apoz[live].sum() * pos
-    total_live += live.sum() * pos
-    dead += int(np.sum(np.asarray(st.dead)))
-    units += int(apoz.size)
-  return {'dynamic_dead_rate': zeros / max(total, 1.0),
-          'dynamic_dead_rate_live': zeros_live / max(total_live, 1.0),
-          'dead_units': dead, 'units': units}
 
 ALGORITHMS: dict[str, type] = {'ap': ActivateWhilePruning}

@@ -6,9 +6,11 @@ by Leveraging Saturation of Neurons", arXiv:2403.07688.
 The updater wraps any optax optimiser as
 ``chain(scale_penalty, optimiser, live_unit_noise)`` with both schedules
 one-cycle over ``reg_span`` steps, keeps per-unit masks in
-``SparseState.masks`` and holds masked units at exactly zero. The training
-loop runs the death check every ``prune_every`` steps (and at the end) and
-removes the dead units physically (:mod:`demp_jax.surgery`).
+``SparseState.masks`` and holds masked units at exactly zero. Its schedule
+is a death check every ``prune_every`` steps (and at the end); its
+:meth:`DemonPruning.decide` keeps the units that are neither dead nor
+constant on the held data, and the training loop removes the others
+physically (:mod:`demp_jax.surgery`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from demp_jax import stats as stats_lib
 from demp_jax import topology as topo
 from demp_jax import transforms
 from demp_jax.algorithms import base
+from demp_jax.algorithms import schedules
 
 
 @dataclasses.dataclass
@@ -48,8 +51,9 @@ class DemonPruning(base.BaseUpdater):
       function is kept. Under the L1 penalty many norm scales reach ~0 with
       a positive offset: such a unit outputs ReLU(offset), it is not dead
       but carries no information.
-    constant_tol: a unit is constant if ``max a - min a`` over the held data
-      is at most ``constant_tol`` times its layer's mean ``|a|``.
+    constant_layer_tol: a unit is constant if ``max a - min a`` over the
+      held data is at most ``constant_layer_tol`` times its layer's mean
+      ``|a|`` (:func:`demp_jax.stats.constant_outputs`' ``layer_tol``).
   """
   reg_peak: float = 1e-3
   reg_span: int = 10_000
@@ -63,7 +67,7 @@ class DemonPruning(base.BaseUpdater):
   epsilon: float = 0.0
   min_width: int = 1
   fold_constants: bool = True
-  constant_tol: float = 0.1
+  constant_layer_tol: float = 0.1
 
   def __post_init__(self):
     if self.regularizer not in transforms.REGULARIZERS:
@@ -86,6 +90,7 @@ class DemonPruning(base.BaseUpdater):
     return topo.param_masks(self.topology, params)
 
   def wrap_inner(self, inner):
+    """``chain(scale_penalty, inner, live_unit_noise)``."""
     return optax.chain(
         transforms.scale_penalty(
             transforms.onecycle(self.reg_peak, self.reg_span),
@@ -109,37 +114,36 @@ class DemonPruning(base.BaseUpdater):
 
   # ------------------------------------------------------------- pruning
 
-  def prunes_at(self, step: int) -> bool:
+  @property
+  def schedule(self) -> schedules.Schedule:
     start = self.prune_every if self.prune_start is None else self.prune_start
-    return step >= start and (step - start) % self.prune_every == 0
+    return schedules.PeriodicSchedule(int(self.prune_every), int(start),
+                                      at_end=True)
 
-  def prunes_at_end(self) -> bool:
-    return True
+  @property
+  def probe(self) -> base.ProbeSpec:
+    return base.ProbeSpec(int(self.death_batches), int(self.death_batch_size),
+                          'train', float(self.epsilon), stats=True)
 
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (int(self.death_batches), int(self.death_batch_size))
+  def decide(self, ctx: base.PruneContext) -> base.Decision:
+    """The death check: keep every unit neither dead nor constant
+    (:meth:`keep_from_stats`); constants to fold; mean ``|a|`` as the
+    bucket padding's scores."""
+    s = ctx.stats()
+    return base.Decision(
+        keep=self.keep_from_stats(s), constants=self.constants(s),
+        scores={k: np.asarray(v.mean_abs) for k, v in s.items()},
+        metrics=base.stats_metrics(s))
 
-  def choose_keep(self, ctx: base.PruneContext) -> dict[str, np.ndarray]:
-    return self.keep_from_stats(ctx.stats())
-
-  def _constant(self, s: stats_lib.UnitStats) -> np.ndarray:
-    """Units whose output range is within ``constant_tol`` of the layer's
-    mean |a| (bool[n]); none unless ``fold_constants``."""
-    if not self.fold_constants:
-      return np.zeros(np.shape(s.dead), bool)
-    spread = np.asarray(s.max, np.float64) - np.asarray(s.min, np.float64)
-    scale = max(float(np.mean(np.asarray(s.mean_abs))), 1e-12)
-    return np.isfinite(spread) & (spread <= self.constant_tol * scale)
-
-  def constants(self, ctx: base.PruneContext) -> Optional[dict]:
+  def constants(self, stats: Mapping[str, stats_lib.UnitStats]
+                ) -> Optional[dict[str, np.ndarray]]:
+    """Each unit's constant output on the held data (NaN: not constant,
+    :func:`demp_jax.stats.constant_outputs` relative to its layer's mean
+    ``|a|``); None unless ``fold_constants``."""
     if not self.fold_constants:
       return None
-    out = {}
-    for name, s in ctx.stats().items():
-      mid = 0.5 * (np.asarray(s.min, np.float64) + np.asarray(s.max,
-                                                             np.float64))
-      out[name] = np.where(self._constant(s), mid, np.nan).astype(np.float32)
-    return out
+    return stats_lib.constant_outputs(stats, 0.0,
+                                      layer_tol=self.constant_layer_tol)
 
   def scalar_metrics(self, step: int) -> dict:
     return {'lambda': float(transforms.onecycle(self.reg_peak,
@@ -152,19 +156,23 @@ class DemonPruning(base.BaseUpdater):
     """Keep every unit neither dead nor (with ``fold_constants``) constant;
     top up to ``min_width`` with the most active removed units (largest
     mean |a|)."""
+    constant = self.constants(stats)
     keep = {}
     for name, s in stats.items():
-      alive = ~(np.asarray(s.dead) | self._constant(s))
-      need = min(self.min_width, alive.size) - int(alive.sum())
+      k = ~np.asarray(s.dead, bool)
+      if constant is not None:
+        k &= ~np.isfinite(constant[name])
+      need = min(self.min_width, k.size) - int(k.sum())
       if need > 0:
         order = np.argsort(-np.asarray(s.mean_abs), kind='stable')
-        extra = [i for i in order if not alive[i]][:need]
-        alive[extra] = True
-      keep[name] = alive
+        extra = [i for i in order if not k[i]][:need]
+        k[extra] = True
+      keep[name] = k
     return keep
 
   def instant_sparsify(self, params: Any, grads: Any = None,
-                       alive: Optional[Mapping[str, Any]] = None, **kwargs):
+                       live: Optional[Mapping[str, Any]] = None, **kwargs):
+    """``(masked params, masks)`` with every unit not ``live`` masked."""
     del grads, kwargs
-    masks = topo.param_masks(self.topology, params, alive)
+    masks = topo.param_masks(self.topology, params, live)
     return self.apply_masks(params, masks), masks

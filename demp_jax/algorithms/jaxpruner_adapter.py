@@ -43,8 +43,8 @@ What it takes on today's JAX:
   Its results are mask-level structured pruning, not comparable to
   physical unit removal in speed.
 
-None of these updaters removes units: ``prunes_at`` is always False and
-the network keeps its widths. Their sparsity is the fraction of zero
+None of these updaters removes units: their schedule never asks them to
+decide and the network keeps its widths. Their sparsity is the fraction of zero
 weights (``experiments.tradeoff`` reads it from the final checkpoint).
 
 ``demp_rigl`` (the DemP authors ran "RigL + DemP" on ImageNet: 80% ERK,
@@ -67,7 +67,6 @@ import jax.numpy as jnp
 import optax
 
 from demp_jax import topology as topo
-from demp_jax import transforms
 from demp_jax.algorithms import base
 from demp_jax.algorithms import demp
 
@@ -243,45 +242,39 @@ class JaxPrunerBaseline(base.BaseUpdater):
     return self.pruner.instant_sparsify(params, grads, **kwargs)
 
 
-@dataclasses.dataclass
-class JaxPrunerMagnitude(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'magnitude'
+def _baseline(name: str, algorithm: str, doc: str,
+              sparsity_type: Optional[str] = None,
+              every_leaf_masked: bool = False) -> type:
+  """A :class:`JaxPrunerBaseline` dataclass for one JaxPruner algorithm."""
+  return dataclasses.dataclass(type(name, (JaxPrunerBaseline,), {
+      '__doc__': doc, '__module__': __name__,
+      'jaxpruner_algorithm': algorithm,
+      'default_sparsity_type': sparsity_type,
+      'every_leaf_masked': every_leaf_masked}))
 
 
-@dataclasses.dataclass
-class JaxPrunerGlobalMagnitude(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'global_magnitude'
-
-
-@dataclasses.dataclass
-class JaxPrunerSaliency(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'saliency'
-
-
-@dataclasses.dataclass
-class JaxPrunerRandom(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'random'
-
-
-@dataclasses.dataclass
-class JaxPrunerSET(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'set'
-  every_leaf_masked: ClassVar[bool] = True
-
-
-@dataclasses.dataclass
-class JaxPrunerRigL(JaxPrunerBaseline):
-  jaxpruner_algorithm: ClassVar[str] = 'rigl'
-  every_leaf_masked: ClassVar[bool] = True
-
-
-@dataclasses.dataclass
-class JaxPrunerChannel(JaxPrunerBaseline):
-  """JaxPruner's ``channel`` sparsity type on magnitude scores: masks whole
-  kernel output columns (``'channel_-1'``); biases, norms and the next
-  layer's inputs stay, and nothing is removed."""
-  jaxpruner_algorithm: ClassVar[str] = 'magnitude'
-  default_sparsity_type: ClassVar[Optional[str]] = 'channel_-1'
+JaxPrunerMagnitude = _baseline(
+    'JaxPrunerMagnitude', 'magnitude', 'JaxPruner\'s gradual magnitude '
+    'pruning.')
+JaxPrunerGlobalMagnitude = _baseline(
+    'JaxPrunerGlobalMagnitude', 'global_magnitude',
+    'JaxPruner\'s global magnitude pruning.')
+JaxPrunerSaliency = _baseline('JaxPrunerSaliency', 'saliency',
+                              'JaxPruner\'s saliency pruning, ``|w * g|``.')
+JaxPrunerRandom = _baseline('JaxPrunerRandom', 'random',
+                            'JaxPruner\'s random pruning.')
+JaxPrunerSET = _baseline('JaxPrunerSET', 'set', 'JaxPruner\'s SET (every '
+                         'leaf masked, see the module doc).',
+                         every_leaf_masked=True)
+JaxPrunerRigL = _baseline('JaxPrunerRigL', 'rigl', 'JaxPruner\'s RigL (every '
+                          'leaf masked, see the module doc).',
+                          every_leaf_masked=True)
+JaxPrunerChannel = _baseline(
+    'JaxPrunerChannel', 'magnitude',
+    'JaxPruner\'s ``channel`` sparsity type on magnitude scores: masks whole '
+    'kernel output columns (``\'channel_-1\'``); biases, norms and the next '
+    'layer\'s inputs stay, and nothing is removed.',
+    sparsity_type='channel_-1')
 
 
 @dataclasses.dataclass
@@ -327,16 +320,10 @@ class DempRigL(demp.DemonPruning):
         'filter_fn': self.filter_fn}, every_leaf=True)
 
   def wrap_inner(self, inner):
+    """DemP's chain around RigL's wrapped optimiser."""
     jp = import_jaxpruner(bool(self.jaxpruner_tree_map_alias))
-    rigl = _placeholder_safe(jp, self.pruner.wrap_optax(inner), inner)
-    return optax.chain(
-        transforms.scale_penalty(
-            transforms.onecycle(self.reg_peak, self.reg_span),
-            self.regularizer),
-        rigl,
-        transforms.live_unit_noise(
-            transforms.onecycle(self.noise_peak, self.reg_span),
-            seed=self.noise_seed))
+    return super().wrap_inner(
+        _placeholder_safe(jp, self.pruner.wrap_optax(inner), inner))
 
   def rigl_state(self, opt_state: base.SparseState):
     """RigL's ``SparseState`` inside DemP's (the chain's second state)."""

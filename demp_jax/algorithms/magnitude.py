@@ -3,10 +3,10 @@
 :class:`GlobalMagnitudePruning` (``'global_magnitude'``) removes a *fraction
 of what remains* at each call of :meth:`GlobalMagnitudePruning.prune_round`:
 the AP cycle driver (:mod:`demp_jax.training.cycles`) calls it once per
-round, and the training loop through :meth:`update_masks` on JaxPruner's
-schedule (``sparsity``, ``update_start_step``, ``update_end_step``,
-``update_freq``, the same polynomial as the structured baselines,
-:func:`demp_jax.algorithms.scores.polynomial_sparsity`; no
+round, and the training loop's :meth:`GlobalMagnitudePruning.decide` on
+JaxPruner's schedule (``sparsity``, ``update_start_step``,
+``update_end_step``, ``update_freq``, the same polynomial as the structured
+baselines, :func:`demp_jax.algorithms.schedules.polynomial_sparsity`; no
 ``update_start_step``: never prunes in the loop).
 
 Masks are strict (:class:`masked.StrictMasking`): pruned weights stay 0.
@@ -23,7 +23,7 @@ import numpy as np
 from demp_jax import topology as topo
 from demp_jax.algorithms import base
 from demp_jax.algorithms import masked
-from demp_jax.algorithms import scores as sc
+from demp_jax.algorithms import schedules
 
 
 def _leaves(tree: Any) -> list[tuple[tuple, Any]]:
@@ -66,7 +66,7 @@ class GlobalMagnitudePruning(masked.StrictMasking):
   filter_fn: Optional[masked.FilterFn] = None
   use_normalization: bool = False
 
-  granularity: ClassVar[str] = 'weight'
+  granularity: ClassVar[Optional[str]] = 'weight'
 
   def __post_init__(self):
     if not 0.0 <= float(self.sparsity) < 1.0:
@@ -81,17 +81,13 @@ class GlobalMagnitudePruning(masked.StrictMasking):
   def get_initial_masks(self, params: Any) -> Any:
     return masked.ones_masks(params, self.filter_fn)
 
-  def count_alive(self, masks: Any) -> tuple[int, int]:
-    """``(alive weights, prunable weights)`` under ``masks``."""
-    return masked.mask_counts(masks)
-
   def prune_round(self, ctx: base.PruneContext, masks: Any, fraction: float,
-                  start_params: Any = None) -> Any:
+                  start_params: Any = None) -> base.RoundResult:
     """New masks with ``round(fraction * N_alive)`` more weights pruned by
     the magnitude of ``ctx.variables['params']``."""
     del start_params
-    return global_magnitude_masks(ctx.variables['params'], masks, fraction,
-                                  self.use_normalization)
+    return base.RoundResult(global_magnitude_masks(
+        ctx.variables['params'], masks, fraction, self.use_normalization), {})
 
   def instant_sparsify(self, params: Any, grads: Any = None, **kwargs):
     """One shot to ``sparsity`` from all-ones masks."""
@@ -103,35 +99,34 @@ class GlobalMagnitudePruning(masked.StrictMasking):
 
   # ------------------------------------------------------- loop schedule
 
-  def _window(self) -> tuple[int, int]:
-    start = int(self.update_start_step)
-    end = start if self.update_end_step is None else int(self.update_end_step)
-    return start, end
-
   def target_sparsity(self, step: int) -> float:
     if self.update_start_step is None:
       return 0.0
-    start, end = self._window()
-    return sc.polynomial_sparsity(step, float(self.sparsity), start, end,
-                                  int(self.power))
+    start = int(self.update_start_step)
+    end = start if self.update_end_step is None else int(self.update_end_step)
+    return schedules.polynomial_sparsity(step, float(self.sparsity), start,
+                                         end, int(self.power))
 
-  def prunes_at(self, step: int) -> bool:
-    if self.update_start_step is None:
-      return False
-    start, end = self._window()
-    return sc.is_update_step(step, int(self.update_freq), start, end)
+  @property
+  def schedule(self) -> schedules.Schedule:
+    return schedules.jaxpruner_schedule(int(self.update_freq),
+                                        self.update_start_step,
+                                        self.update_end_step)
 
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (1, 128)  # magnitudes need no data; keep the probe small
+  @property
+  def probe(self) -> base.ProbeSpec:
+    return base.ProbeSpec(1, 128)  # magnitudes need no data; keep it small
 
-  def update_masks(self, ctx: base.PruneContext) -> Any:
+  def decide(self, ctx: base.PruneContext) -> base.Decision:
+    """New masks at this step's polynomial target (None: on target)."""
     masks = ctx.opt_state.masks
-    alive, total = self.count_alive(masks)
-    current = 1.0 - alive / max(total, 1)
+    ones, total = masked.mask_counts(masks)
+    current = 1.0 - ones / max(total, 1)
     target = self.target_sparsity(ctx.step)
-    if target <= current or alive == 0:
-      return None
-    return self.prune_round(ctx, masks, (target - current) / (1.0 - current))
+    if target <= current or ones == 0:
+      return base.Decision()
+    return base.Decision(masks=self.prune_round(
+        ctx, masks, (target - current) / (1.0 - current)).masks)
 
 
 def global_magnitude_masks(params: Any, masks: Any, fraction: float,

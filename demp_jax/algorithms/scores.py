@@ -303,7 +303,7 @@ def keep_count(n: int, sparsity: float) -> int:
 
 
 def select_units(scores: Mapping[str, np.ndarray],
-                 alive: Mapping[str, np.ndarray],
+                 live: Mapping[str, np.ndarray],
                  sparsity: float,
                  initial_sizes: Mapping[str, int],
                  *, dist_type: str = 'global',
@@ -316,7 +316,7 @@ def select_units(scores: Mapping[str, np.ndarray],
     initial units of the scored groups.
   * ``'uniform'``: each group keeps ``round((1 - s) * n0_g)`` of its own.
 
-  Units already removed (``alive`` False) are never brought back, so a
+  Units already removed (``live`` False) are never brought back, so a
   group keeps at most its live units. Each group then keeps at least
   ``min(min_width, live units)``, topped up with its best remaining units
   (so the total may exceed the target by those). Groups missing from
@@ -324,15 +324,15 @@ def select_units(scores: Mapping[str, np.ndarray],
 
   Returns:
     ``{group: bool[n]}`` over the group's current units, for every group in
-    ``alive``.
+    ``live``.
   """
   if dist_type not in ('global', 'uniform'):
     raise ValueError(f"dist_type must be 'global' or 'uniform', got "
                      f'{dist_type!r}')
   if not 0.0 <= float(sparsity) < 1.0:
     raise ValueError(f'sparsity must be in [0, 1), got {sparsity}')
-  keep = {k: np.asarray(v, bool).copy() for k, v in alive.items()}
-  names = [k for k in alive if k in scores]
+  keep = {k: np.asarray(v, bool).copy() for k, v in live.items()}
+  names = [k for k in live if k in scores]
   for k in names:
     if np.shape(scores[k]) != np.shape(keep[k]):
       raise ValueError(f'scores[{k!r}] has shape {np.shape(scores[k])}, '
@@ -369,20 +369,20 @@ def select_units(scores: Mapping[str, np.ndarray],
   return keep
 
 
-def alive_units(topology: topo.UnitTopology, opt_state: Any
-                ) -> dict[str, np.ndarray]:
+def live_units(topology: topo.UnitTopology, opt_state: Any
+               ) -> dict[str, np.ndarray]:
   """Live units per group, read from the updater's masks.
 
   A unit is live when its produced ``params`` entries are not masked in
   ``opt_state.masks`` (the structured masks that the loop sets with
-  ``set_alive``: units kept only to fill a width bucket are masked). A
+  ``mask_units``: units kept only to fill a width bucket are masked). A
   1-D produced leaf (bias, norm scale) is read when there is one; missing
   masks mean every unit is live.
   """
   masks = getattr(opt_state, 'masks', None)
   out = {}
   for g in topology.groups:
-    alive = np.ones(g.size, bool)
+    live = np.ones(g.size, bool)
     if masks is not None:
       refs = [r for r in g.produces
               if r.collection == 'params' and r.kind == 'axis']
@@ -392,33 +392,12 @@ def alive_units(topology: topo.UnitTopology, opt_state: Any
       if leaves:
         ref, m = leaves[0]
         m = np.moveaxis(np.asarray(m) != 0, ref.axis, -1).reshape(-1, g.size)
-        alive = m.any(axis=0)
-    out[g.name] = alive
+        live = m.any(axis=0)
+    out[g.name] = live
   return out
 
 
-# ---------------------------------------------------------------- schedules
-
-
-def polynomial_sparsity(step: int, target: float, start: int, end: int,
-                        power: int = 3) -> float:
-  """JaxPruner's polynomial schedule (Zhu & Gupta):
-  ``s(t) = target * (1 - (1 - p)^power)`` with
-  ``p = clip(t + 1 - start, 0, end - start) / (end - start)``; ``p = 1``
-  when ``end == start``."""
-  if end < start:
-    raise ValueError(f'update_end_step ({end}) < update_start_step ({start})')
-  p = 1.0 if end == start else min(max(step + 1 - start, 0),
-                                   end - start) / (end - start)
-  return float(target) * (1.0 - (1.0 - p) ** power)
-
-
-def is_update_step(step: int, freq: int, start: int, end: int) -> bool:
-  """JaxPruner's update steps: ``step % freq == 0`` and
-  ``start <= step <= end``; only ``end`` when ``start == end`` (one-shot)."""
-  if start == end:
-    return step == end
-  return start <= step <= end and step % freq == 0
+# ------------------------------------------------- the reference schedules
 
 
 def iterative_targets(sparsity: float, steps: int,

@@ -40,9 +40,7 @@ from demp_jax import stats as stats_lib
 from demp_jax import topology as topo
 from demp_jax.algorithms import base
 from demp_jax.algorithms import masked
-
-PROBE_SPLITS = ('holdout', 'test', 'train')
-
+from demp_jax.algorithms import schedules
 
 @jax.jit
 def strip_columns(w: jax.Array, mask: jax.Array, dead: jax.Array,
@@ -116,12 +114,13 @@ def strip_masks(topology: topo.UnitTopology, params: Any, masks: Any,
 class SynapticStripping(masked.StrictMasking):
   """Synaptic Stripping as a JaxPruner-style updater (see the module doc).
 
-  The loop calls :meth:`update_masks` before step ``strip_start + i *
+  The loop calls :meth:`decide` before step ``strip_start + i *
   strip_every`` and after the last step, on a :class:`base.PruneContext`
   over ``probe_batches x probe_batch_size`` examples of ``probe_split``;
-  the loop records the per-group dead counts (``dead_found``) and the
-  weights in use (``active_params``) of every event, and
-  :meth:`event_metrics` adds the reference's counts.
+  the decision's new masks strip the dead units, and its metrics are the
+  per-group dead counts (``dead_found``) and the reference's counts
+  (:meth:`event_metrics`); the loop adds the weights in use
+  (``active_params``).
 
   Attributes:
     stripping_factor: ``q``, the quantile of each dead unit's remaining
@@ -159,9 +158,9 @@ class SynapticStripping(masked.StrictMasking):
       if int(getattr(self, name)) < 1:
         raise ValueError(f'sparsity_config.{name} must be >= 1, got '
                          f'{getattr(self, name)}')
-    if self.probe_split not in PROBE_SPLITS:
+    if self.probe_split not in base.PROBE_SPLITS:
       raise ValueError(f'sparsity_config.probe_split={self.probe_split!r}; '
-                       f'use one of {PROBE_SPLITS}')
+                       f'use one of {base.PROBE_SPLITS}')
     if isinstance(self.strip_groups, str):
       self.strip_groups = (self.strip_groups,)
 
@@ -192,19 +191,22 @@ class SynapticStripping(masked.StrictMasking):
 
   # --------------------------------------------------------- loop hooks
 
-  def prunes_at(self, step: int) -> bool:
+  @property
+  def schedule(self) -> schedules.Schedule:
     start = self.strip_every if self.strip_start is None else self.strip_start
-    return step >= start and (step - start) % int(self.strip_every) == 0
+    return schedules.PeriodicSchedule(int(self.strip_every), int(start),
+                                      at_end=bool(self.strip_at_end))
 
-  def prunes_at_end(self) -> bool:
-    return bool(self.strip_at_end)
+  @property
+  def probe(self) -> base.ProbeSpec:
+    return base.ProbeSpec(int(self.probe_batches), int(self.probe_batch_size),
+                          self.probe_split, float(self.epsilon), stats=True)
 
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (int(self.probe_batches), int(self.probe_batch_size))
-
-  def update_masks(self, ctx: base.PruneContext) -> Any:
-    return self.strip(ctx.variables['params'], ctx.opt_state.masks,
-                      ctx.stats())
+  def decide(self, ctx: base.PruneContext) -> base.Decision:
+    stats = ctx.stats()
+    masks = self.strip(ctx.variables['params'], ctx.opt_state.masks, stats)
+    return base.Decision(masks=masks, metrics={
+        **self.event_metrics(ctx, masks), **base.stats_metrics(stats)})
 
   def strip(self, params: Any, masks: Any,
             stats: Mapping[str, stats_lib.UnitStats]) -> Any:

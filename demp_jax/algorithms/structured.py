@@ -1,11 +1,15 @@
 """Structured baselines that remove units physically, as DemP does.
 
-Each is an updater dataclass on the same hooks as DemP: the loop asks
-``prunes_at(step)``, hands :meth:`choose_keep` a
-:class:`~demp_jax.algorithms.base.PruneContext` and removes the units not
-kept with :mod:`demp_jax.surgery` (params, norm statistics, optimiser
-state), then recompiles. Scores and selection are in
-:mod:`demp_jax.algorithms.scores`.
+Each is an updater dataclass on the same contract as DemP: at the steps of
+its ``schedule`` the loop hands :meth:`StructuredPruner.decide` a
+:class:`~demp_jax.algorithms.base.PruneContext` and removes the units the
+:class:`~demp_jax.algorithms.base.Decision` does not keep with
+:mod:`demp_jax.surgery` (params, norm statistics, optimiser state), then
+recompiles. Within this family ``decide`` asks :meth:`choose_keep`, which
+the one-shot methods override. Scores and selection are in
+:mod:`demp_jax.algorithms.scores`. As the base of iterative pruning (AP's
+cycles) a structured pruner prunes whole units in
+:meth:`StructuredPruner.prune_round`.
 
 ==========================  ===============================  ===============
 algorithm                   score                            when
@@ -42,7 +46,7 @@ a fresh tracker; call ``tracker.reset()`` to reuse one for a second run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import numpy as np
@@ -51,7 +55,9 @@ import optax
 from demp_jax import topology as topo
 from demp_jax import transforms
 from demp_jax.algorithms import base
-from demp_jax.algorithms import scores as sc
+from demp_jax.algorithms import masked
+from demp_jax.algorithms import schedules
+from demp_jax.algorithms import scores
 
 
 @dataclasses.dataclass
@@ -135,8 +141,26 @@ class StructuredPruner(base.BaseUpdater):
 
   # ------------------------------------------------------------- pruning
 
+  granularity: ClassVar[Optional[str]] = 'unit'
+
+  @property
+  def schedule(self) -> schedules.Schedule:
+    """:meth:`pruning_schedule`; no more steps once a one-shot method has
+    pruned (``tracker.pruned_at``)."""
+    if self.tracker.pruned_at is not None:
+      return schedules.NoUpdateSchedule()
+    return self.pruning_schedule()
+
+  def pruning_schedule(self) -> schedules.Schedule:
+    """When the method prunes (default: never)."""
+    return schedules.NoUpdateSchedule()
+
+  @property
+  def probe(self) -> base.ProbeSpec:
+    return base.ProbeSpec(1, 256)  # only the surgery's probe batch
+
   def unit_scores(self, ctx: base.PruneContext,
-                  alive: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                  live: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{group: float[n]}``, larger is more important."""
     raise NotImplementedError
 
@@ -149,28 +173,48 @@ class StructuredPruner(base.BaseUpdater):
       self.tracker.initial_sizes = dict(topology.sizes)
     return self.tracker.initial_sizes
 
-  def select(self, ctx: base.PruneContext, alive: dict[str, np.ndarray],
+  def select(self, ctx: base.PruneContext, live: dict[str, np.ndarray],
              sparsity: float) -> dict[str, np.ndarray]:
-    return sc.select_units(self.unit_scores(ctx, alive), alive, sparsity,
-                           self._initial_sizes(ctx.topology),
-                           dist_type=self.dist_type,
-                           min_width=int(self.min_width))
+    """The units to keep at unit ``sparsity`` of the initial widths."""
+    return scores.select_units(self.unit_scores(ctx, live), live, sparsity,
+                               self._initial_sizes(ctx.topology),
+                               dist_type=self.dist_type,
+                               min_width=int(self.min_width))
+
+  def decide(self, ctx: base.PruneContext) -> base.Decision:
+    return base.Decision(keep=self.choose_keep(ctx))
 
   def choose_keep(self, ctx: base.PruneContext) -> Optional[dict]:
-    alive = sc.alive_units(ctx.topology, ctx.opt_state)
+    """The units to keep at this step's target sparsity, or None when no
+    unit goes."""
+    live = scores.live_units(ctx.topology, ctx.opt_state)
     s = self.target_sparsity(ctx.step)
-    keep = self.select(ctx, alive, s)
-    return self._finish(ctx.step, s, alive, keep)
+    return self._finish(ctx.step, s, live, self.select(ctx, live, s))
 
-  def _finish(self, step, s, alive, keep) -> Optional[dict]:
+  def _finish(self, step, s, live, keep) -> Optional[dict]:
     kept = int(sum(int(v.sum()) for v in keep.values()))
     self.tracker.events.append((int(step), float(s), kept))
-    if all(np.array_equal(keep[k], alive[k]) for k in keep):
+    if all(np.array_equal(keep[k], live[k]) for k in keep):
       return None  # nothing to remove
     return keep
 
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (1, 256)  # only the surgery's probe batch
+  def prune_round(self, ctx: base.PruneContext, masks: Any, fraction: float,
+                  start_params: Any = None) -> base.RoundResult:
+    """Masks with ``fraction`` of the live units (read from ``masks`` by
+    :func:`scores.live_units`) pruned, ranked by this pruner's own scores:
+    it is asked for the unit sparsity ``s = 1 - (live / initial)
+    (1 - fraction)``. The pruned units are masked as units (kernel
+    columns, biases, norms and consumer rows,
+    :func:`topology.param_masks`), ANDed into ``masks``."""
+    del start_params
+    topology = ctx.topology
+    live = scores.live_units(topology, base.SparseState(masks=masks))
+    n_live = sum(int(v.sum()) for v in live.values())
+    total = sum(g.size for g in topology.groups)
+    target = min(1.0 - n_live / total * (1.0 - fraction), 1.0 - 1e-9)
+    keep = self.select(ctx, live, max(target, 0.0))
+    return base.RoundResult(masked.combine_masks(
+        masks, topo.param_masks(topology, ctx.variables['params'], keep)), {})
 
 
 # ------------------------------------------------------------ gate scores
@@ -208,26 +252,28 @@ class SNAP(StructuredPruner):
         raise ValueError(f'sparsity_config.{name} must be >= 1, got '
                          f'{getattr(self, name)}')
 
-  def prunes_at(self, step: int) -> bool:
-    return step == 0 and self.tracker.pruned_at is None
+  def pruning_schedule(self) -> schedules.Schedule:
+    return schedules.OneShotSchedule(0)
 
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (int(self.score_batches), int(self.score_batch_size))
+  @property
+  def probe(self) -> base.ProbeSpec:
+    return base.ProbeSpec(int(self.score_batches), int(self.score_batch_size))
 
-  def unit_scores(self, ctx, alive):
-    fn = sc.crop_scores if self.score_kind == 'crop' else sc.snap_scores
-    gates = {k: v.astype(np.float32) for k, v in alive.items()}
+  def unit_scores(self, ctx, live):
+    fn = (scores.crop_scores if self.score_kind == 'crop' else
+          scores.snap_scores)
+    gates = {k: v.astype(np.float32) for k, v in live.items()}
     return fn(ctx.model, ctx.variables, ctx.images, ctx.labels, gates,
               train_mode=bool(self.score_train_mode))
 
   def choose_keep(self, ctx: base.PruneContext) -> Optional[dict]:
-    alive = sc.alive_units(ctx.topology, ctx.opt_state)
-    current = dict(alive)
+    live = scores.live_units(ctx.topology, ctx.opt_state)
+    current = dict(live)
     s = self.target_sparsity(ctx.step)
-    for target in sc.iterative_targets(s, int(self.pruning_steps)):
+    for target in scores.iterative_targets(s, int(self.pruning_steps)):
       current = self.select(ctx, current, target)
     self.tracker.pruned_at = int(ctx.step)
-    return self._finish(ctx.step, s, alive, current)
+    return self._finish(ctx.step, s, live, current)
 
 
 @dataclasses.dataclass
@@ -273,14 +319,12 @@ class EarlySNAP(SNAP):
       raise ValueError(f'sparsity_config.check_every must be >= 1, got '
                        f'{self.check_every}')
 
-  def prunes_at(self, step: int) -> bool:
-    if self.tracker.pruned_at is not None:
-      return False
-    forced = self.max_prune_step is not None and step == self.max_prune_step
-    return step % int(self.check_every) == 0 or forced
-
-  def held_batches_shape(self) -> tuple[int, int]:
-    return (int(self.score_batches), int(self.score_batch_size))
+  def pruning_schedule(self) -> schedules.Schedule:
+    checks = schedules.PeriodicSchedule(int(self.check_every))
+    if self.max_prune_step is None:
+      return checks
+    return schedules.AnyOf(
+        (checks, schedules.OneShotSchedule(int(self.max_prune_step))))
 
   def should_prune(self, step: int, params: Any) -> bool:
     """Records one check of the criterion; True when it fires (or when
@@ -288,18 +332,19 @@ class EarlySNAP(SNAP):
     t = self.tracker
     if t.theta0 is None:
       t.theta0 = jax.tree.map(np.array, jax.device_get(params))
-      t.init_norm = sc.tree_norm(t.theta0)
+      t.init_norm = scores.tree_norm(t.theta0)
       t.prev_dist = 0.0
-      t.threshold = sc.earlycrop_threshold(self.sparsity)
+      t.threshold = scores.earlycrop_threshold(self.sparsity)
       dist = 0.0
     else:
-      dist = sc.tree_distance(params, t.theta0)
+      dist = scores.tree_distance(params, t.theta0)
       if t.first_dist is None:
         t.first_dist = dist
       elif self.modulate_threshold and len(t.checks) == 2:
-        t.threshold = sc.modulated_threshold(self.sparsity, t.first_dist,
-                                             t.init_norm)
-    fires = sc.earlycrop_fires(dist, t.prev_dist, t.init_norm, t.threshold)
+        t.threshold = scores.modulated_threshold(self.sparsity, t.first_dist,
+                                                 t.init_norm)
+    fires = scores.earlycrop_fires(dist, t.prev_dist, t.init_norm,
+                                   t.threshold)
     rel = abs(dist - t.prev_dist) / (t.init_norm + 1e-6)
     t.checks.append((int(step), dist, rel))
     t.prev_dist = dist
@@ -353,20 +398,20 @@ class StructuredMagnitude(StructuredPruner):
       raise ValueError(f'sparsity_config.update_freq must be >= 1, got '
                        f'{self.update_freq}')
 
-  def prunes_at(self, step: int) -> bool:
-    return sc.is_update_step(step, int(self.update_freq),
-                             int(self.update_start_step),
-                             int(self.update_end_step))
+  def pruning_schedule(self) -> schedules.Schedule:
+    return schedules.jaxpruner_schedule(int(self.update_freq),
+                                        int(self.update_start_step),
+                                        int(self.update_end_step))
 
   def target_sparsity(self, step: int) -> float:
-    return sc.polynomial_sparsity(step, float(self.sparsity),
-                                  int(self.update_start_step),
-                                  int(self.update_end_step), int(self.power))
+    return schedules.polynomial_sparsity(
+        step, float(self.sparsity), int(self.update_start_step),
+        int(self.update_end_step), int(self.power))
 
-  def unit_scores(self, ctx, alive):
-    del alive
-    return sc.incoming_l1(ctx.topology, ctx.variables['params'],
-                          normalize=self.dist_type == 'global')
+  def unit_scores(self, ctx, live):
+    del live
+    return scores.incoming_l1(ctx.topology, ctx.variables['params'],
+                              normalize=self.dist_type == 'global')
 
 
 # --------------------------------------------------------- network slimming
@@ -422,16 +467,14 @@ class NetworkSlimming(StructuredPruner):
         transforms.scale_penalty(self.penalty_schedule(), self.regularizer),
         inner))
 
-  def prunes_at(self, step: int) -> bool:
-    return (self.prune_step is not None and step == int(self.prune_step)
-            and self.tracker.pruned_at is None)
+  def pruning_schedule(self) -> schedules.Schedule:
+    if self.prune_step is None:
+      return schedules.NoUpdateSchedule(at_end=True)
+    return schedules.OneShotSchedule(int(self.prune_step))
 
-  def prunes_at_end(self) -> bool:
-    return self.prune_step is None
-
-  def unit_scores(self, ctx, alive):
-    del alive
-    out = sc.norm_scale_magnitude(ctx.topology, ctx.variables['params'])
+  def unit_scores(self, ctx, live):
+    del live
+    out = scores.norm_scale_magnitude(ctx.topology, ctx.variables['params'])
     if not out:
       raise ValueError('network_slimming ranks units by their norm scale '
                        '(gamma), but no unit group of this model has one')

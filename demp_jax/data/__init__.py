@@ -98,21 +98,11 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
     ``train_size`` (2048), ``test_size`` (512), ``signal`` (1.0), ``grid``
     (4), ``seed`` (0); see :mod:`demp_jax.data.synthetic`.
   """
+  check_config(config)
   cfg = dict(config)
-  name = cfg.get('name')
-  if name not in DATASETS:
-    raise ValueError(f'config.dataset.name={name!r} is not a known dataset; '
-                     f'known: {sorted(DATASETS)}')
-  allowed = set(_COMMON_KEYS) | set(_EXTRA_KEYS.get(name, ()))
-  unknown = sorted(set(cfg) - allowed)
-  if unknown:
-    raise ValueError(f'config.dataset has unknown key(s) {unknown} for '
-                     f'dataset {name!r}; valid keys: {sorted(allowed)}')
+  name = cfg['name']
   sources, num_classes = DATASETS[name]
   source = cfg.get('source') or 'auto'
-  if source not in sources:
-    raise ValueError(f'config.dataset.source={source!r} is not valid for '
-                     f'{name!r}; use one of {list(sources)}')
   data_dir = cfg.get('data_dir') or None
   train_eval = None
   if name in ('fashion_mnist', 'mnist'):
@@ -149,6 +139,10 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
     train_eval = take(train_eval, n) if train_eval is not None else None
   if cfg.get('holdout'):
     n = int(cfg['holdout'])
+    if n >= len(train):
+      raise ValueError(f'config.dataset.holdout={n} leaves none of the '
+                       f'{len(train)} training examples of {name}; it must '
+                       'be smaller')
     train, holdout = split(train, n)
     if train_eval is not None:
       train_eval, holdout = split(train_eval, n)  # un-augmented held-out
@@ -156,6 +150,52 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
   mean, std = _normalization(name, cfg, channels)
   return Splits(train, test, int(num_classes), mean, std, cfg.get('augment'),
                 holdout, train_eval)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+  """Checks ``config.dataset`` without reading any file: a known name, its
+  keys, a source it can be read from, and a holdout smaller than the
+  training examples where their number is known. Raises ``ValueError``
+  naming the key."""
+  cfg = dict(config)
+  name = cfg.get('name')
+  if name not in DATASETS:
+    raise ValueError(f'config.dataset.name={name!r} is not a known dataset; '
+                     f'known: {sorted(DATASETS)}')
+  allowed = set(_COMMON_KEYS) | set(_EXTRA_KEYS.get(name, ()))
+  unknown = sorted(set(cfg) - allowed)
+  if unknown:
+    raise ValueError(f'config.dataset has unknown key(s) {unknown} for '
+                     f'dataset {name!r}; valid keys: {sorted(allowed)}')
+  sources = DATASETS[name][0]
+  source = cfg.get('source') or 'auto'
+  if source not in sources:
+    raise ValueError(f'config.dataset.source={source!r} is not valid for '
+                     f'{name!r}; use one of {list(sources)}')
+  holdout = int(cfg.get('holdout') or 0)
+  left = train_examples(cfg)
+  if holdout and left is not None and left <= 0:
+    raise ValueError(f'config.dataset.holdout={holdout} leaves no training '
+                     f'examples of {left + holdout}; it must be smaller')
+  if name == 'imagenet2012':
+    size = int(cfg.get('image_size') or 224)
+    for key in ('resize_sizes', 'eval_resize'):
+      value = cfg.get(key)
+      if value and min(value if isinstance(value, (list, tuple))
+                       else [value]) < size:
+        raise ValueError(f'config.dataset.{key}={value!r} must be >= '
+                         f'config.dataset.image_size={size}')
+
+
+def train_examples(config: Mapping[str, Any]) -> Optional[int]:
+  """The training examples ``config.dataset`` leaves, as far as it says
+  without reading a file: ``train_subset`` (or a synthetic ``train_size``)
+  less the ``holdout``; None when only the files know."""
+  cfg = dict(config)
+  known = [int(cfg['train_subset'])] if cfg.get('train_subset') else []
+  if cfg.get('name') == 'synthetic':
+    known.append(int(cfg.get('train_size') or 2048))
+  return min(known) - int(cfg.get('holdout') or 0) if known else None
 
 
 def _normalization(name: str, cfg: Mapping[str, Any], channels: int):
@@ -227,5 +267,6 @@ def normalize(images, mean, std):
 
 
 __all__ = ['ArrayDataset', 'DATASETS', 'NORMALIZATION', 'Source', 'Splits',
-           'Subset', 'eval_batches', 'held_batches', 'load_dataset',
-           'normalize', 'prefetch', 'split', 'take', 'train_batches']
+           'Subset', 'check_config', 'eval_batches', 'held_batches',
+           'load_dataset', 'normalize', 'prefetch', 'split', 'take',
+           'train_batches', 'train_examples']

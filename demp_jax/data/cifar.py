@@ -32,6 +32,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -156,15 +157,28 @@ def _members(path: str, is_tar: bool, wanted: list[str]) -> list[bytes]:
       p = os.path.join(path, f)
       if not os.path.isfile(p):
         raise FileNotFoundError(f'CIFAR file {p} is missing')
-      with open(p, 'rb') as fh:
-        out.append(fh.read())
+      try:
+        with open(p, 'rb') as fh:
+          out.append(fh.read())
+      except OSError as e:
+        raise ValueError(f'CIFAR file {p} cannot be read: '
+                         f'{e.strerror or e}') from None
     return out
   found: dict[str, bytes] = {}
-  with tarfile.open(path, 'r:*') as tar:
-    for m in tar:
-      base = os.path.basename(m.name)
-      if m.isfile() and base in wanted and base not in found:
-        found[base] = tar.extractfile(m).read()
+  try:
+    with tarfile.open(path, 'r:*') as tar:
+      for m in tar:
+        base = os.path.basename(m.name)
+        if m.isfile() and base in wanted and base not in found:
+          found[base] = tar.extractfile(m).read()
+      if len(found) < len(wanted):
+        # tarfile ends quietly at a damaged header: read the compressed
+        # stream to its end, where its checksum is checked
+        while tar.fileobj.read(1 << 20):
+          pass
+  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    raise ValueError(f'CIFAR archive {path} is truncated or corrupt '
+                     f'({type(e).__name__}: {e}); download it again') from None
   missing = [f for f in wanted if f not in found]
   if missing:
     raise FileNotFoundError(f'{path} lacks CIFAR file(s) {missing}')
@@ -196,19 +210,21 @@ def load(name: str, data_dir: str, split: str, label_mode: str = 'fine'
   wanted = FILES[(name, fmt)][split]
   blobs = _members(path, is_tar, wanted)
   parts = []
+  k = NUM_CLASSES[(name, label_mode)]
   for f, blob in zip(wanted, blobs):
     where = f'{path}:{f}' if is_tar else os.path.join(path, f)
     if fmt == 'binary':
       lb = 1 if name == 'cifar10' else 2
-      parts.append(parse_binary(blob, lb, 1 if (
-          name == 'cifar100' and label_mode == 'fine') else 0, where))
+      part = parse_binary(blob, lb, 1 if (
+          name == 'cifar100' and label_mode == 'fine') else 0, where)
     else:
       key = 'labels' if name == 'cifar10' else f'{label_mode}_labels'
-      parts.append(parse_pickle(blob, key, where))
-  images = np.concatenate([p[0] for p in parts])
-  labels = np.concatenate([p[1] for p in parts])
-  k = NUM_CLASSES[(name, label_mode)]
-  if labels.min() < 0 or labels.max() >= k:
-    raise ValueError(f'{path}: labels span [{labels.min()}, {labels.max()}], '
-                     f'not [0, {k}) for {name} ({label_mode})')
-  return ArrayDataset(images, labels)
+      part = parse_pickle(blob, key, where)
+    labels = part[1]
+    if labels.min() < 0 or labels.max() >= k:
+      raise ValueError(f'{where}: labels span [{labels.min()}, '
+                       f'{labels.max()}], not [0, {k}) for {name} '
+                       f'({label_mode} labels)')
+    parts.append(part)
+  return ArrayDataset(np.concatenate([p[0] for p in parts]),
+                      np.concatenate([p[1] for p in parts]))

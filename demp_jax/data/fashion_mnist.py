@@ -16,6 +16,7 @@ from demp_jax.data.arrays import ArrayDataset
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 _FILES = {'train': 'train-{}-idx{}-ubyte', 'test': 't10k-{}-idx{}-ubyte'}
+NUM_CLASSES = 10  # Fashion-MNIST and MNIST
 
 HOW_TO_GET = (
     'Get Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` '
@@ -33,18 +34,32 @@ def load_idx_dir(data_dir: str, split: str) -> ArrayDataset:
         f'Fashion-MNIST data directory {data_dir!r} does not exist. '
         + HOW_TO_GET)
   try:
-    images = idx.read_idx(idx.find_idx(data_dir, _FILES[split].format(
-        'images', 3)))
-    labels = idx.read_idx(idx.find_idx(data_dir, _FILES[split].format(
-        'labels', 1)))
+    image_file = idx.find_idx(data_dir, _FILES[split].format('images', 3))
+    label_file = idx.find_idx(data_dir, _FILES[split].format('labels', 1))
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f'Fashion-MNIST file {e.args[0]} is missing. ' + HOW_TO_GET) from None
-  if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-    raise ValueError(f'{data_dir}: {split} images {images.shape} and labels '
-                     f'{labels.shape} do not match')
-  return ArrayDataset(images[..., None].astype(np.uint8),
-                      labels.astype(np.int32))
+  images, labels = idx.read_idx(image_file), idx.read_idx(label_file)
+  check_pair(image_file, images, label_file, labels)
+  return ArrayDataset(images[..., None], labels.astype(np.int32))
+
+
+def check_pair(image_file: str, images: np.ndarray, label_file: str,
+               labels: np.ndarray, num_classes: int = NUM_CLASSES) -> None:
+  """Images uint8 ``[N, H, W]`` and labels integer ``[N]`` in
+  ``[0, num_classes)``; ``ValueError`` naming the file that is wrong."""
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise ValueError(f'{image_file}: images must be uint8 [N, H, W], the '
+                     f'file holds {images.dtype} {list(images.shape)}')
+  if labels.ndim != 1 or labels.dtype.kind not in 'iu':
+    raise ValueError(f'{label_file}: labels must be integers [N], the file '
+                     f'holds {labels.dtype} {list(labels.shape)}')
+  if images.shape[0] != labels.shape[0]:
+    raise ValueError(f'{image_file} holds {images.shape[0]} images but '
+                     f'{label_file} holds {labels.shape[0]} labels')
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f'{label_file}: labels span [{labels.min()}, '
+                     f'{labels.max()}], not [0, {num_classes})')
 
 
 def load_tfds(name: str, data_dir: Optional[str], split: str) -> ArrayDataset:

@@ -275,7 +275,12 @@ class ImageNetSource:
     out = np.empty((idx.size,) + self.example_shape, np.uint8)
 
     def work(j):
-      out[j] = self.transform(records[j]['image'], idx[j], step)
+      try:
+        out[j] = self.transform(records[j]['image'], idx[j], step)
+      except Exception as e:  # pylint: disable=broad-except
+        where = getattr(self.records, 'where', 'ImageNet records')
+        raise ValueError(f'{where}: record {idx[j]}: cannot decode its image '
+                         f'({type(e).__name__}: {e})') from None
 
     if idx.size <= 1 or self.num_threads <= 1:
       for j in range(idx.size):

@@ -10,8 +10,9 @@ decoded per batch (:mod:`demp_jax.data.imagenet`).
 from __future__ import annotations
 
 import glob
+import json
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -98,6 +99,7 @@ def data_source(name: str, data_dir: Optional[str], split: str,
   if data_dir is not None and not os.path.isdir(data_dir):
     raise FileNotFoundError(f'config.dataset.data_dir={data_dir!r} does not '
                             'exist. ' + prepare_hint(name, data_dir))
+  check_info_files(name, data_dir or default_data_dir())
   kwargs = dict(split=split_name(name, split), data_dir=data_dir,
                 download=False)
   try:
@@ -105,16 +107,129 @@ def data_source(name: str, data_dir: Optional[str], split: str,
   except Exception as e:  # tfds raises several types for a missing dataset
     raise FileNotFoundError(prepare_hint(name, data_dir) +
                             f' (tfds said: {type(e).__name__}: {e})') from e
+  shards = check_shards(src, name, kwargs['split'])
   if raw_images:
     try:
       raw = tfds.data_source(
           name, decoders={'image': tfds.decode.SkipDecoding()}, **kwargs)
       if len(raw):
         raw[0]  # pylint: disable=pointless-statement
-      return raw
+      return CheckedSource(raw, shards)
     except Exception:  # pylint: disable=broad-except
       pass  # decoded records; ImageNetSource accepts arrays as well
-  return src
+  return CheckedSource(src, shards)
+
+
+def check_info_files(name: str, data_dir: str) -> None:
+  """Each prepared version of ``name`` in ``data_dir`` has a
+  ``dataset_info.json`` that parses (tfds would call a damaged one "not
+  prepared"); ``ValueError`` naming the file otherwise."""
+  for version_dir in sorted(glob.glob(os.path.join(data_dir, name, '*'))):
+    info = os.path.join(version_dir, 'dataset_info.json')
+    if not glob.glob(os.path.join(version_dir, f'{name}-*.array_record*')):
+      continue
+    if not os.path.isfile(info):
+      raise ValueError(f'{info} is missing: the prepared tfds dataset '
+                       f'{name!r} in {version_dir} is incomplete')
+    try:
+      with open(info, 'rb') as f:
+        json.loads(f.read().decode('utf-8'))
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{info} is corrupt or unreadable ({e}); prepare '
+                       f'{name!r} again') from None
+
+
+class Shards(NamedTuple):
+  """Where a split's records are: ``where`` (for messages) and its
+  array_record files with their record counts (empty when unknown)."""
+  where: str
+  paths: tuple[str, ...] = ()
+  lengths: tuple[int, ...] = ()
+
+  def files_of(self, keys) -> list[str]:
+    """The files that hold records ``keys`` (records are numbered through
+    the shards in order)."""
+    ends = np.cumsum(self.lengths)
+    hit = {int(np.searchsorted(ends, int(k), side='right')) for k in keys}
+    return [os.path.basename(self.paths[i]) for i in sorted(hit)
+            if i < len(self.paths)]
+
+
+def check_shards(src, name: str, split: str) -> Shards:
+  """Checks that every array_record shard of ``split`` exists and holds
+  the number of records ``dataset_info.json`` gives it (a cheap read of
+  each file's footer: a truncated or replaced file shows up here, not
+  mid-run); ``ValueError`` naming the file."""
+  try:
+    info = src.dataset_info.splits[split]
+    paths = tuple(os.fspath(p) for p in info.filepaths)
+    lengths = tuple(int(n) for n in info.shard_lengths)
+  except Exception:  # pylint: disable=broad-except
+    return Shards(f'tfds dataset {name!r} split {split!r}')  # mock_data
+  where = (f'tfds dataset {name!r} split {split!r} in '
+           f'{os.path.dirname(paths[0]) if paths else "?"}')
+  shards = Shards(where, paths, lengths)
+  if not paths or not os.path.isdir(os.path.dirname(paths[0])):
+    return shards
+  try:
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return shards
+  for path, want in zip(paths, lengths):
+    if not os.path.isfile(path):
+      raise ValueError(f'{path} is missing: {where} lists it in '
+                       f'dataset_info.json with {want} records')
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      have = reader.num_records()
+      reader.close()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'{path} is corrupt: {e}') from None
+    if have != want:
+      raise ValueError(f'{path} holds {have} records but dataset_info.json '
+                       f'says {want}: the file is truncated or corrupt')
+  return shards
+
+
+class CheckedSource:
+  """A tfds data source whose read errors name the split, its directory
+  and the files of the records (array_record's own name none)."""
+
+  def __init__(self, source, shards: Shards):
+    self.source = source
+    self.shards = shards
+
+  @property
+  def where(self) -> str:
+    return self.shards.where
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, key):
+    try:
+      return self.source[key]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._error([key], e) from None
+
+  def __getitems__(self, keys):
+    getitems = getattr(self.source, '__getitems__', None)
+    if getitems is None:
+      return [self[k] for k in keys]
+    try:
+      return getitems(keys)
+    except TypeError:
+      raise  # an unbound __getitems__ (mock_data): read_records falls back
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._error(keys, e) from None
+
+  def _error(self, keys, e: Exception) -> ValueError:
+    keys = [int(k) for k in keys]
+    shown = keys[:4] + (['...'] if len(keys) > 4 else [])
+    files = self.shards.files_of(keys)
+    return ValueError(f'{self.where}: cannot read records {shown}'
+                      f'{f" (in {files})" if files else ""}: '
+                      f'{type(e).__name__}: {e}')
 
 
 def read_records(src, keys) -> list:
@@ -141,10 +256,14 @@ def load_arrays(name: str, data_dir: Optional[str], split: str,
     raise ValueError(f'tfds dataset {name!r} split {split!r} in '
                      f'{data_dir or default_data_dir()!r} is empty')
   records = read_records(src, range(n))
-  if label_key not in records[0]:
-    raise KeyError(f'tfds dataset {name!r} has no {label_key!r} feature; it '
-                   f'has {sorted(records[0])}')
-  images = np.stack([np.asarray(r['image'], np.uint8) for r in records])
+  if label_key not in records[0] or 'image' not in records[0]:
+    raise ValueError(f'{src.where}: records have no image or no '
+                     f'{label_key!r} feature; they have {sorted(records[0])}')
+  images = [np.asarray(r['image'], np.uint8) for r in records]
+  if len({im.shape for im in images}) > 1:
+    raise ValueError(f'{src.where}: images of different shapes '
+                     f'{sorted({im.shape for im in images})[:3]}')
+  images = np.stack(images)
   if images.ndim == 3:
     images = images[..., None]
   labels = np.asarray([r[label_key] for r in records], np.int32)

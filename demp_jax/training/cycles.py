@@ -8,10 +8,10 @@ rounds after a dense round 0 and writes ``workdir/summary.json``. Round
    ``steps_per_round`` training steps from ``theta_0`` to ``theta_T``; the
    learning-rate schedule spans one round;
 2. test accuracy, sparsity and the dynamic dead-neuron rate of
-   ``theta_T`` are recorded (:func:`demp_jax.algorithms.ap.dead_rates`);
-3. unless it is the last round, the updater prunes
-   ``prune_rate`` of what remains (``prune_round``: AP = base + AP
-   selection; or a base pruner alone), given ``theta_T`` and ``theta_0``;
+   ``theta_T`` are recorded (:func:`demp_jax.stats.dead_rates`);
+3. unless it is the last round, the updater prunes ``prune_rate`` of what
+   remains (its ``prune_round``: AP = base + AP selection; or a base pruner
+   alone), given ``theta_T`` and ``theta_0``;
 4. the weights rewind: ``theta_start`` is the dense initialisation
    (``rewind='init'``, lottery-ticket rewinding, the same ``theta_0 ⊙ m``
    the round started from) or a fresh random initialisation
@@ -39,7 +39,6 @@ never change, so the train step compiles once.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -50,32 +49,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from demp_jax import flops as flops_lib
-from demp_jax import models
+from demp_jax import stats as stats_lib
 from demp_jax import topology as topo
-from demp_jax.algorithms import ap as ap_lib
-from demp_jax.algorithms import create_updater_from_config
-from demp_jax.algorithms import scores as sc
-from demp_jax.algorithms.base import PruneContext
-from demp_jax.data import (augment as augment_lib, held_batches, load_dataset,
-                           normalize, train_batches)
-from demp_jax.training import optim
+from demp_jax.algorithms import scores
+from demp_jax.algorithms.base import ProbeSpec, PruneContext
+from demp_jax.data import train_batches
+from demp_jax.training import held as held_lib
+from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import parallel
-from demp_jax.training.loop import evaluate, init_variables
-from demp_jax.training.steps import TrainState, make_train_step
+from demp_jax.training.loop import build, evaluate, init_variables, make_step
+from demp_jax.training.options import require
+from demp_jax.training.steps import TrainState
 
 REWIND = ('init', 'reinit')
-
-
-def _split(splits, name: str, what: str):
-  table = {'train': splits.train_eval or splits.train,
-           'holdout': splits.holdout, 'test': splits.test}
-  if name not in table:
-    raise ValueError(f'config.cycles.{what}={name!r}; use one of '
-                     f'{sorted(table)}')
-  if table[name] is None:
-    raise ValueError(f'config.cycles.{what}={name!r} needs '
-                     'config.dataset.holdout (examples kept out of training)')
-  return table[name]
 
 
 def weight_sparsity(masks: Any, params: Any) -> float:
@@ -121,6 +107,8 @@ def run_cycles(config, workdir: str) -> dict:
   dp = parallel.DataParallel()
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
+  opts = require(config, ('seed', 'batch_size', 'eval_batch_size',
+                          'label_smoothing', 'progress'))
   cyc = config.cycles
   rounds = int(cyc.rounds)
   steps = int(cyc.steps_per_round)
@@ -133,46 +121,37 @@ def run_cycles(config, workdir: str) -> dict:
     raise ValueError(f'config.cycles.prune_rate must be in [0, 1), got {rate}')
   if rewind not in REWIND:
     raise ValueError(f'config.cycles.rewind={rewind!r}; use one of {REWIND}')
-  splits = load_dataset(config.dataset)
-  input_shape = splits.train.example_shape
-  model_cfg = dict(config.model)
-  model_cfg.setdefault('num_classes', splits.num_classes)
-  model = models.build_model(model_cfg)
-  seed = int(config.seed)
-  dense = init_variables(model, seed, input_shape)
-  topology = model.unit_topology(input_shape)
-  topology.validate(dense)
-  updater = create_updater_from_config(config.sparsity_config,
-                                       topology=topology)
-  if not callable(getattr(updater, 'prune_round', None)):
-    ap_lib.base_granularity(updater)  # a structured base: raises if not
-  tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, steps))
-  mean, std = splits.mean, splits.std
-  step_fn = jax.jit(make_train_step(
-      model, tx, updater, mean, std, float(config.get('label_smoothing', 0.0)),
-      augment_lib.get(splits.augment)), donate_argnums=0)
-  n_probe, b_probe = int(cyc.probe_batches), int(cyc.probe_batch_size)
-  score_src = _split(splits, str(cyc.get('score_split', 'train')),
-                     'score_split')
-  dnr_src = _split(splits, str(cyc.get('dnr_split', 'test')), 'dnr_split')
-  b_probe -= b_probe % dp.num_devices
+  setup = build(config, steps)  # the learning rate spans one round
+  splits, model, updater, tx = (setup.splits, setup.model, setup.updater,
+                                setup.tx)
+  if updater.granularity is None:
+    raise ValueError(
+        f'sparsity_config.algorithm={config.sparsity_config.algorithm!r} '
+        'does not prune in rounds: use "ap", an unstructured pruner (e.g. '
+        '"global_magnitude") or a structured one (e.g. '
+        '"structured_magnitude")')
+  seed = int(opts['seed'])
+  step_fn = jax.jit(make_step(setup, float(opts['label_smoothing']))(model),
+                    donate_argnums=0)
+  sources = {what: held_lib.split_source(splits, str(cyc.get(what, default)),
+                                         f'config.cycles.{what}')
+             for what, default in (('score_split', 'train'),
+                                   ('dnr_split', 'test'))}
+  probe = ProbeSpec(int(cyc.probe_batches), int(cyc.probe_batch_size))
 
-  def held(src, s):
-    return dp.shard_held(held_batches(
-        src, n_probe, b_probe, seed=s, process_index=dp.process_index,
-        process_count=dp.process_count))
+  def held(what: str, s: int) -> held_lib.Held:
+    return held_lib.draw_held(sources[what], probe.batches, probe.batch_size,
+                              s, dp, splits.mean, splits.std)
 
-  dnr_images, _ = held(dnr_src, seed + 17)
-  dnr_images = normalize(dnr_images, mean, std)
-  dp.check_batch(int(config.batch_size), 'config.batch_size')
-  batches = train_batches(splits.train, int(config.batch_size), seed, 0,
+  dnr_images = held('dnr_split', seed + 17).images
+  dp.check_batch(int(opts['batch_size']), 'config.batch_size')
+  batches = train_batches(splits.train, int(opts['batch_size']), seed, 0,
                           dp.process_index, dp.process_count)
   key = jax.random.PRNGKey(seed + 1)
-  progress = bool(config.get('progress', True))
-  eval_bs = int(config.get('eval_batch_size', 1000))
+  eval_bs = int(opts['eval_batch_size'])
 
-  masks = updater.get_initial_masks(dense['params'])
-  start = dense
+  masks = updater.get_initial_masks(setup.variables['params'])
+  start = setup.variables
   records = []
   step = 0
   for r in range(rounds + 1):
@@ -186,35 +165,33 @@ def run_cycles(config, workdir: str) -> dict:
     loss = float(metrics['loss'])
     masks = state.opt_state.masks  # the state (and its masks) was donated
     train_seconds = time.perf_counter() - t0
-    test = evaluate(model, state.variables, splits.test, eval_bs, mean, std,
-                    dp)
-    alive = sc.alive_units(topology, state.opt_state)
-    rates = ap_lib.dead_rates(model, state.variables, dnr_images, alive)
+    test = evaluate(model, state.variables, splits.test, eval_bs,
+                    splits.mean, splits.std, dp)
+    live = scores.live_units(setup.topology, state.opt_state)
+    rates = stats_lib.dead_rates(model, state.variables, dnr_images, live)
     params = state.variables['params']
     rec = {'round': r,
            'weight_sparsity': weight_sparsity(masks, params),
            'param_sparsity': 1.0 - flops_lib.count_active(masks, params) /
                              flops_lib.count_params(params),
-           'live_units': int(sum(int(v.sum()) for v in alive.values())),
+           'live_units': int(sum(int(v.sum()) for v in live.values())),
            'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
-           'final_train_loss': loss, **rates,
+           'final_train_loss': loss, **rates._asdict(),
            'max_masked_abs': _max_masked(params, masks),
            'train_seconds': train_seconds}
     if r < rounds:
-      images, labels = held(score_src, seed * 1_000_003 + r)
-      ctx = PruneContext(step, model, state.variables, state.opt_state,
-                         input_shape, normalize(images, mean, std), labels)
+      h = held('score_split', seed * 1_000_003 + r)
+      ctx = PruneContext(step, model, setup.topology, state.variables,
+                         state.opt_state, h.images, h.labels)
       t1 = time.perf_counter()
-      if callable(getattr(updater, 'prune_round_info', None)):
-        masks, info = updater.prune_round_info(ctx, masks, rate,
-                                               start_params=theta0['params'])
-      else:
-        masks, info = ap_lib.base_round(updater, ctx, masks, rate), {}
+      masks, info = updater.prune_round(ctx, masks, rate,
+                                        start_params=theta0['params'])
       rec['prune'] = {**info, 'seconds': time.perf_counter() - t1}
       if rewind == 'reinit':
-        start = init_variables(model, seed + 1000 * (r + 1), input_shape)
+        start = init_variables(model, seed + 1000 * (r + 1),
+                               setup.input_shape)
     records.append(rec)
-    if progress and dp.process_index == 0:
+    if opts['progress'] and dp.process_index == 0:
       print(f'round {r}: sparsity {rec["weight_sparsity"]:.4f} test acc '
             f'{rec["test_accuracy"]:.4f} dynamic dead rate '
             f'{rec["dynamic_dead_rate"]:.4f} (live units '
@@ -235,15 +212,9 @@ def run_cycles(config, workdir: str) -> dict:
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       'config': config.to_dict(),
   }
-  parallel.on_main(_write_json, os.path.join(workdir, 'summary.json'),
-                   summary)
+  parallel.on_main(metrics_lib.write_json,
+                   os.path.join(workdir, 'summary.json'), summary)
   return summary
-
-
-def _write_json(path: str, obj: dict) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(path + '.tmp', path)
 
 
 def _max_masked(params: Any, masks: Any) -> float:

@@ -1,9 +1,10 @@
-"""Metrics as files: TensorBoard events, CSV and JSON lines.
+"""Metrics as files: TensorBoard events, CSV and JSON lines, JSON summaries.
 
 One ``write(step, scalars)`` call appends a row to ``metrics.jsonl`` and
 ``metrics.csv`` (columns fixed by the first row, new keys go to the JSON
 only) and writes the scalars as TensorBoard summaries with tensorboardX when
-it is installed. Only process 0 writes.
+it is installed. Only process 0 writes. :func:`write_json` writes a summary
+atomically.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import csv
 import json
 import math
 import os
-from typing import Mapping
+from typing import Any, Mapping
+
+import numpy as np
 
 
 class MetricWriter:
@@ -61,3 +64,24 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def jsonable(x: Any) -> Any:
+  """``json.dump``'s ``default=``: numpy scalars and arrays (and jax arrays)
+  as numbers and lists, anything else as its ``str``."""
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.floating):
+    return float(x)
+  if hasattr(x, '__array__'):
+    return np.asarray(x).tolist()
+  return str(x)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON, atomically: a temporary file renamed
+  over the target."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, default=jsonable)
+  os.replace(tmp, path)

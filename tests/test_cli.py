@@ -1,0 +1,140 @@
+"""The command line: every bad input is one ``error: ...`` line on stderr,
+a non-zero exit within seconds, and nothing written to the workdir."""
+import gzip
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = 'configs/fashion_mnist_demp.py:tiny'
+SECONDS = 30  # python + jax start-up on a loaded 2-core machine: ~2-5 s
+
+
+def run(*args, config=TINY):
+  argv = [sys.executable, '-m', 'experiments.train'] + (
+      ['--config', config] if config else []) + list(args)
+  t0 = time.perf_counter()
+  r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  return r, time.perf_counter() - t0
+
+
+def one_error_line(r) -> str:
+  """The only line of a run's stderr (``r``: a CompletedProcess or capsys's
+  capture), which must be ``error: ...``; nothing on stdout."""
+  err, out = (r.stderr, r.stdout) if hasattr(r, 'stderr') else (r.err, r.out)
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith('error: '), err
+  assert 'Traceback' not in err and out == ''
+  return lines[0]
+
+
+@pytest.mark.parametrize('override,expected', [
+    ('--config.batch_size=0', 'config.batch_size=0 is not an integer >= 1'),
+    ('--config.sparsity_config.reg_peak=-0.1',
+     'config.sparsity_config.reg_peak=-0.1 is not a finite number >= 0'),
+    ('--config.sparsity_config.noise_peak=nan',
+     'config.sparsity_config.noise_peak=nan is not a finite number >= 0'),
+    ('--config.model.conv_widths=(8,0)',
+     'config.model.conv_widths=(8, 0) is not a sequence of values, each an '
+     'integer >= 1'),
+    ('--config.model.name=vgq', "config.model.name='vgq' is not a known model"),
+    ('--config.optimizer.name=adamm',
+     "config.optimizer.name='adamm' is not a known optimizer"),
+])
+def test_a_bad_config_value_stops_before_anything_runs(tmp_path, override,
+                                                       expected):
+  work = tmp_path / 'run'
+  r, seconds = run('--workdir', str(work), override)
+  assert r.returncode == 2
+  assert expected in one_error_line(r)
+  assert seconds < SECONDS
+  assert not work.exists()  # nothing written, not even the directory
+
+
+def test_config_files_that_do_not_load(tmp_path):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('def get_config(:\n  pass\n')
+  raises = tmp_path / 'raises.py'
+  raises.write_text('def get_config():\n  return undefined_name\n')
+  cases = [
+      ('configs/x.py', 'error: config file configs/x.py: no such file'),
+      (str(bad), f'error: config file {bad}: syntax error at line 1'),
+      (str(raises), f"error: config file {raises}: NameError: name "
+       "'undefined_name' is not defined"),
+      ('configs/fashion_mnist_demp.py:weird',
+       'error: config file configs/fashion_mnist_demp.py: ValueError: '
+       "unknown config string 'weird'"),
+  ]
+  for config, expected in cases:
+    r, seconds = run('--workdir', str(tmp_path / 'run'), config=config)
+    assert r.returncode == 2, (config, r.stderr)
+    assert one_error_line(r).startswith(expected), (config, r.stderr)
+    assert seconds < SECONDS
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_flag_is_one_line():
+  r, _ = run()  # (unknown overrides: tests/test_loop.py)
+  assert r.returncode == 2
+  assert '--workdir' in one_error_line(r)
+
+
+def test_a_workdir_that_is_a_file(tmp_path):
+  a_file = tmp_path / 'taken'
+  a_file.write_text('keep me')
+  r, _ = run('--workdir', str(a_file))
+  assert r.returncode == 2
+  assert one_error_line(r) == (f'error: --workdir={a_file} is an existing '
+                               'file, not a directory')
+  assert a_file.read_text() == 'keep me'
+
+
+def _exits(fn, *args, capsys):
+  with pytest.raises(SystemExit) as e:
+    fn(*args)
+  return e.value.code, one_error_line(capsys.readouterr())
+
+
+def test_a_workdir_that_cannot_be_made_and_a_directory_as_config(tmp_path,
+                                                                 capsys):
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  a_file = tmp_path / 'taken'
+  a_file.write_text('keep me')
+  code, line = _exits(train.prepare_workdir, str(a_file / 'run'),
+                      capsys=capsys)
+  assert code == 2
+  assert line == f'error: --workdir={a_file / "run"} cannot be written: Not ' \
+      'a directory'
+  code, line = _exits(train.check_config_file, str(tmp_path), capsys=capsys)
+  assert (code, line) == (2, f'error: config file {tmp_path}: not a file')
+  assert train.prepare_workdir(str(tmp_path / 'new')) is True
+  assert os.listdir(tmp_path / 'new') == []  # the write probe left nothing
+
+
+def test_a_corrupt_data_file_is_named_and_leaves_no_workdir(tmp_path):
+  data = tmp_path / 'data'
+  data.mkdir()
+  for split, n in (('train', 64), ('t10k', 16)):
+    for kind, shape, magic in (('images', (n, 28, 28), 3),
+                               ('labels', (n,), 1)):
+      header = bytes([0, 0, 8, magic]) + b''.join(
+          d.to_bytes(4, 'big') for d in shape)
+      blob = gzip.compress(header + bytes(int(__import__('numpy').prod(
+          shape))))
+      (data / f'{split}-{kind}-idx{magic}-ubyte.gz').write_bytes(blob)
+  broken = data / 'train-images-idx3-ubyte.gz'
+  broken.write_bytes(broken.read_bytes()[:40])  # truncated download
+  work = tmp_path / 'run'
+  r, seconds = run('--workdir', str(work), f'--config.dataset.data_dir={data}',
+                   '--config.dataset.source=idx')
+  assert r.returncode == 1
+  assert one_error_line(r) == (
+      f'error: {broken} is truncated: its gzip stream ends early (Compressed '
+      'file ended before the end-of-stream marker was reached)')
+  assert seconds < SECONDS
+  assert not work.exists()
