@@ -45,6 +45,7 @@ argument too when its ``__call__`` has one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -158,11 +159,12 @@ class Net:
 
   @classmethod
   def create(cls, model: Any, input_shape: Sequence[int], seed: int = 0,
-             check_widths: bool = True) -> tuple['Net', dict]:
+             check_widths: bool = True, init: bool = True
+             ) -> tuple['Net', dict]:
     """``(net, initial variables)`` for a Linen module (initialised with
-    ``seed``) or an NNX module (its own state; ``seed`` unused)."""
+    ``seed``; with ``init=False`` only their ``jax.ShapeDtypeStruct``s) or
+    an NNX module (its own state; ``seed`` unused)."""
     input_shape = tuple(int(s) for s in input_shape)
-    x = jnp.zeros((2,) + input_shape, jnp.float32)
     if _is_nnx(model):
       from flax import nnx  # pylint: disable=g-import-not-at-top
       if isinstance(model, nnx.GraphDef):
@@ -179,12 +181,9 @@ class Net:
                 nnx_keys=tuple(keys))
     elif isinstance(model, nn.Module):
       mode = _mode_arg(model.__call__)
-      kwargs = {mode: not _MODE_ARGS[mode]} if mode else {}
-      variables = jax.jit(lambda key: model.init(key, x, **kwargs))(
-          jax.random.PRNGKey(seed))
-      variables = {k: v for k, v in dict(variables).items()
-                   if k not in ('activations', 'intermediates')}
-      variables = jax.tree.map(lambda a: a, _unfreeze(variables))
+      make = functools.partial(_init_linen, model, input_shape, mode)
+      variables = (jax.jit(make) if init else functools.partial(
+          jax.eval_shape, make))(jax.random.PRNGKey(seed))
       handwritten = (callable(getattr(model, 'unit_topology', None)) and
                      model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
@@ -235,6 +234,18 @@ class Net:
             'fixes that width',)))
     return dataclasses.replace(self, topology=topo.UnitTopology(tuple(keep)),
                                skipped=tuple(skipped))
+
+  def init(self, seed: int) -> dict:
+    """Fresh variables (at the module's own widths) from ``seed``; a Linen
+    module only: an NNX module is initialised by its factory's
+    ``nnx.Rngs``."""
+    if self.is_nnx:
+      raise ModelError('an NNX model is initialised by its own nnx.Rngs '
+                       'when its factory builds it; it cannot be '
+                       're-initialised from a seed (rewind=\'reinit\')')
+    return jax.jit(lambda key: _init_linen(self.module, self.input_shape,
+                                           self.mode_arg, key))(
+                                               jax.random.PRNGKey(seed))
 
   # ---- running
 
@@ -415,12 +426,14 @@ def _shapes(variables: Mapping[str, Any]) -> tuple:
                for k, l in zip(keys, leaves))
 
 
-def _init_linen(module, input_shape, mode_arg):
+def _init_linen(module, input_shape, mode_arg, key=None):
+  """A Linen module's variables in eval mode, without sown collections."""
   x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
   kwargs = {mode_arg: not _MODE_ARGS[mode_arg]} if mode_arg else {}
-  v = module.init(jax.random.PRNGKey(0), x, **kwargs)
-  return {k: val for k, val in dict(v).items()
-          if k not in ('activations', 'intermediates')}
+  key = jax.random.PRNGKey(0) if key is None else key
+  v = module.init(key, x, **kwargs)
+  return _unfreeze({k: val for k, val in dict(v).items()
+                    if k not in ('activations', 'intermediates')})
 
 
 def _resized_shapes(shapes: tuple, topology: topo.UnitTopology,

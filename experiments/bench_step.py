@@ -156,11 +156,11 @@ def main(argv):
       keep[g.name] = k
     s = state(demp_tx, variables)
     t0 = time.perf_counter()
-    res = surgery.shrink(model, s.variables, keep, input_shape=shape,
-                         opt_state=s.opt_state, tx=demp_tx)
+    res = surgery.shrink(model, s.variables, keep, opt_state=s.opt_state,
+                         tx=demp_tx)
     jax.block_until_ready(res.variables)
     surgery_s = time.perf_counter() - t0
-    shrunk_updater = updater.with_topology(res.model.unit_topology(shape))
+    shrunk_updater = updater.with_topology(res.model.topology)
     variants[f'shrunk_{frac}'] = StepVariant(
         res.model, demp_tx, shrunk_updater,
         TrainState(s.step, res.variables, res.opt_state), batches, mean, std)

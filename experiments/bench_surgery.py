@@ -43,6 +43,7 @@ from absl import flags
 
 from demp_jax import flops as flops_lib
 from demp_jax import models, surgery
+from demp_jax.net import Net
 from demp_jax import topology as topo
 from demp_jax.training import metrics
 from experiments.benchlib import machine, runtime_env
@@ -71,20 +72,15 @@ def _literal(text: str) -> Any:
     return text
 
 
-def random_variables(model: Any, input_shape: Sequence[int],
+def random_variables(net: Net, shapes: dict,
                      rng: np.random.Generator) -> dict:
-  """Variables of the right shapes without running the model.
+  """Variables of the right ``shapes`` without running the model.
 
   Kernels ``N(0, 2/fan_in)``, norm scales 1, offsets 0, running means 0 and
   variances 1, index maps at their initial identity (``j`` if the consumed
   group has a unit ``j``, else -1; produce-only maps ``arange``).
   """
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  shapes = {k: v for k, v in shapes.items() if k != 'activations'}
-  consumed = {ref.key: g.size
-              for g in model.unit_topology(input_shape).groups
+  consumed = {ref.key: g.size for g in net.topology.groups
               for ref in g.consumes if ref.kind == 'index'}
 
   def fill(path, s):
@@ -136,11 +132,10 @@ def compile_seconds(model: Any, variables: dict, opt_state: Any, tx: Any,
   else:
     def step(variables, opt_state, x, y):
       others = {k: v for k, v in variables.items() if k != 'params'}
-      mutable = [k for k in ('batch_stats',) if k in others]
 
       def loss_fn(p):
         logits, new = model.apply({**others, 'params': p}, x, train=True,
-                                  mutable=mutable)
+                                  mutable=model.mutable)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.mean(loss), new
 
@@ -162,10 +157,11 @@ def run(model_name: str, overrides: dict, input_shape: Sequence[int],
         compile_batch: int) -> dict:
   """The benchmark; returns the JSON record."""
   rng = np.random.default_rng(seed)
-  model = models.build_model({'name': model_name, **overrides})
-  topology = model.unit_topology(input_shape)
+  model, shapes = Net.create(models.build_model(
+      {'name': model_name, **overrides}), input_shape, init=False)
+  topology = model.topology
   t0 = time.perf_counter()
-  variables = random_variables(model, input_shape, rng)
+  variables = random_variables(model, shapes, rng)
   tx = optax.adamw(1e-3, weight_decay=1e-4)
   opt_state = random_adamw_state(tx, variables['params'], rng)
   jax.block_until_ready((variables, opt_state))
@@ -175,8 +171,8 @@ def run(model_name: str, overrides: dict, input_shape: Sequence[int],
   for _ in range(repeats):
     keep = random_keep(topology, dead, rng)
     t0 = time.perf_counter()
-    res = surgery.shrink(model, variables, keep, input_shape=input_shape,
-                         opt_state=opt_state, tx=tx)
+    res = surgery.shrink(model, variables, keep, opt_state=opt_state,
+                         tx=tx)
     jax.block_until_ready((res.variables, res.opt_state))
     times.append(time.perf_counter() - t0)
   recompile = None  # JSON null when skipped

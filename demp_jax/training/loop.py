@@ -26,6 +26,7 @@ import numpy as np
 
 from demp_jax import flops as flops_lib
 from demp_jax import models
+from demp_jax.net import Net
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.data import (augment as augment_lib, eval_batches, load_dataset,
@@ -37,7 +38,8 @@ from demp_jax.training import optim
 from demp_jax.training import parallel
 from demp_jax.training.options import TrainOptions
 from demp_jax.training.record import RunRecord
-from demp_jax.training.shrink import ShrinkController, unit_topology
+from demp_jax.training.shrink import ShrinkController
+from demp_jax.training.validate import validate_config
 from demp_jax.training.steps import (Compiler, TrainState, make_eval_step,
                                      make_train_step)
 
@@ -46,19 +48,11 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the run stopped."""
 
 
-def init_variables(model, seed: int, input_shape) -> dict:
-  """The model's variables (no sown activations), initialised under jit."""
-  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  init = jax.jit(lambda key: model.init(key, x, train=False))
-  variables = init(jax.random.PRNGKey(seed))
-  return {k: v for k, v in variables.items() if k != 'activations'}
-
-
 class Setup(NamedTuple):
   splits: Any
   input_shape: tuple
   model_config: dict
-  model: Any
+  model: Net        # the model as the library sees it, at full width
   variables: dict
   topology: topo.UnitTopology
   updater: Any
@@ -67,21 +61,37 @@ class Setup(NamedTuple):
 
 def build(config, num_steps: int) -> Setup:
   """Data, model, initial variables, updater and its wrapped optimiser
-  (the learning-rate schedule spans ``num_steps``)."""
+  (the learning-rate schedule spans ``num_steps``).
+
+  ``config.model.name`` is a built-in model or a user's
+  ``'package.module:factory'`` (a Linen or NNX module); either way its unit
+  topology comes from :class:`demp_jax.net.Net`."""
   splits = load_dataset(config.dataset)
   input_shape = tuple(splits.train.example_shape)
   model_cfg = dict(config.model)
-  model_cfg.setdefault('num_classes', splits.num_classes)
-  model = models.build_model(model_cfg)
-  variables = init_variables(model, int(config.seed), input_shape)
+  if ':' not in str(model_cfg.get('name', '')):
+    model_cfg.setdefault('num_classes', splits.num_classes)
+  net, variables = Net.create(models.build_model(model_cfg), input_shape,
+                              seed=int(config.seed))
+  _require_logits(net, variables, splits.num_classes, model_cfg['name'])
   _require_nonempty(variables)
-  topology = unit_topology(model, input_shape)
-  topology.validate(variables)
+  net.topology.validate(variables)
   updater = create_updater_from_config(config.sparsity_config,
-                                       topology=topology)
+                                       topology=net.topology)
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
-  return Setup(splits, input_shape, model_cfg, model, variables, topology,
+  return Setup(splits, input_shape, model_cfg, net, variables, net.topology,
                updater, tx)
+
+
+def _require_logits(net: Net, variables: dict, num_classes: int,
+                    name: str) -> None:
+  """A ``ValueError`` unless the model maps a batch to ``[B, classes]``."""
+  x = jax.ShapeDtypeStruct((2,) + net.input_shape, jnp.float32)
+  shape = jax.eval_shape(net.apply, variables, x).shape
+  if tuple(shape) != (2, num_classes):
+    raise ValueError(f'config.model.name={name!r} maps a batch of 2 to '
+                     f'logits of shape {tuple(shape)}; the dataset needs '
+                     f'(2, {num_classes})')
 
 
 def _require_nonempty(variables: dict) -> None:
@@ -167,11 +177,23 @@ def save(ckpt: ckpt_lib.Checkpointer, model_config: dict, record: RunRecord,
 
 def restore(ckpt: ckpt_lib.Checkpointer, setup: Setup,
             dp: parallel.DataParallel, resume: bool
-            ) -> tuple[int, RunRecord, TrainState, Any]:
-  """``(start step, record, state, model)``: from the latest checkpoint
-  with ``resume`` (at its widths), else a fresh start."""
-  latest = ckpt.latest_step() if resume else None
-  if latest is None:
+            ) -> tuple[int, RunRecord, TrainState, Net]:
+  """``(start step, record, state, model)``: with ``resume``, from the
+  newest checkpoint that restores (at its widths; damaged newer ones are
+  named and set aside, see :meth:`Checkpointer.restore_latest`), else a
+  fresh start."""
+  def abstract_state(meta: dict) -> TrainState:
+    net = setup.model.at_widths(RunRecord.from_json(meta['run']).widths)
+    params = net.abstract_variables()['params']
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                       sharding=dp.replicated),
+        TrainState(jax.ShapeDtypeStruct((), jnp.int32),
+                   net.abstract_variables(), jax.eval_shape(setup.tx.init,
+                                                            params)))
+
+  restored = ckpt.restore_latest(abstract_state) if resume else None
+  if restored is None:
     if resume and dp.process_index == 0:
       print(f'resume: no checkpoint in {ckpt.directory}; starting fresh',
             file=sys.stderr)
@@ -184,15 +206,9 @@ def restore(ckpt: ckpt_lib.Checkpointer, setup: Setup,
         live={g.name: np.ones(g.size, bool) for g in setup.topology.groups})
     state = TrainState(jnp.zeros([], jnp.int32), v, setup.tx.init(v['params']))
     return 0, record, dp.replicate(state), setup.model
-  record = RunRecord.from_json(ckpt.read_meta(latest)['run'])
-  model = setup.model.with_widths(record.widths)
-  fresh = lambda: init_variables(model, 0, setup.input_shape)
-  abstract = jax.eval_shape(lambda: TrainState(
-      jnp.zeros([], jnp.int32), fresh(), setup.tx.init(fresh()['params'])))
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dp.replicated),
-      abstract)
-  return latest, record, ckpt.restore(latest, abstract), model
+  record = RunRecord.from_json(restored.meta['run'])
+  return (restored.step, record, restored.state,
+          setup.model.at_widths(record.widths))
 
 
 def train(config, workdir: str) -> dict:
@@ -200,11 +216,11 @@ def train(config, workdir: str) -> dict:
   ``workdir/summary.json``."""
   parallel.maybe_initialize_distributed(config)
   dp = parallel.DataParallel()
+  validate_config(config, num_devices=dp.num_devices)
   opts = TrainOptions.from_config(config)
-  dp.check_batch(opts.batch_size, 'config.batch_size')
-  os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   setup = build(config, opts.num_steps)
+  os.makedirs(workdir, exist_ok=True)  # nothing written before the data
   splits, seed = setup.splits, opts.seed
   batches_from = lambda s: train_batches(
       splits.train, opts.batch_size, seed, s, dp.process_index,
@@ -224,7 +240,7 @@ def train(config, workdir: str) -> dict:
         model=model, updater=setup.updater, record=record,
         step=compiler(model, state), compiler=compiler, save=checkpoint,
         draw=held_lib.EventProbes(splits, seed, dp),
-        clock=clock, input_shape=setup.input_shape, tx=setup.tx, dp=dp,
+        clock=clock, tx=setup.tx, dp=dp,
         round_widths_to=opts.round_widths_to, shrink_delay=opts.shrink_delay,
         num_steps=opts.num_steps)
     stack.callback(shrinker.close)
