@@ -1,5 +1,6 @@
-"""The trade-off sweep harness: grids, overrides, every method end to end at
-tiny settings on the real Fashion-MNIST, resumability and plots."""
+"""The trade-off sweep harness and its report: grids, schedules, the command
+line, the measures, tables and speed at matched accuracy, every method end
+to end at tiny settings on the real Fashion-MNIST, resumability."""
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ if ROOT not in sys.path:  # experiments/ is not an installed package
   sys.path.insert(0, ROOT)
 from demp_jax.data import fashion_mnist  # pylint: disable=g-import-not-at-top
 from experiments import tradeoff  # pylint: disable=g-import-not-at-top
+from experiments import tradeoff_report as report  # pylint: disable=g-import-not-at-top
 
 needs_fmnist = pytest.mark.skipif(
     not os.path.isdir(fashion_mnist.DEBIAN_DIR),
@@ -68,8 +70,8 @@ def test_jaxpruner_grids_and_schedule():
   assert (d['sparsity'], d['dist_type'], d['update_end_step']) == (
       0.8, 'erk', 1050)
   assert {m.structure for k, m in c.items() if k.startswith('jaxpruner_')
-          and k != 'jaxpruner_channel'} == {tradeoff.WEIGHT_MASKS}
-  assert c['jaxpruner_channel'].structure == tradeoff.UNIT_MASKS
+          and k != 'jaxpruner_channel'} == {report.WEIGHT_MASKS}
+  assert c['jaxpruner_channel'].structure == report.UNIT_MASKS
 
 
 def test_command_line_is_config_flags_plus_the_harness_flags(tmp_path):
@@ -152,28 +154,28 @@ def test_sparsities_and_speed_at_matched_accuracy():
   rows = _rows()
   by = {(r['method'], r['knob']): r for r in rows}
   # removed or zero, over the initial parameters
-  assert tradeoff.param_sparsity(by['demp', 0.04]) == pytest.approx(0.9)
-  assert tradeoff.param_sparsity(
+  assert report.param_sparsity(by['demp', 0.04]) == pytest.approx(0.9)
+  assert report.param_sparsity(
       {**by['demp', 0.04], 'param_zero_fraction': 0.5}) == pytest.approx(
           0.95)
-  assert tradeoff.param_sparsity(
+  assert report.param_sparsity(
       by['jaxpruner_magnitude', 0.8]) == pytest.approx(0.8)
-  assert tradeoff.param_sparsity(
+  assert report.param_sparsity(
       {**by['demp', 0.04], 'param_zero_fraction': float('nan')}) == 0.9
   # neuron sparsity: removed units, masked whole units, or nothing
-  assert tradeoff.neuron_sparsity(by['demp', 0.04]) == 0.8
-  assert tradeoff.neuron_sparsity(by['jaxpruner_channel', 0.5]) == 0.5
-  assert tradeoff.neuron_sparsity(by['jaxpruner_magnitude', 0.8]) is None
-  points = tradeoff.aggregate(rows)
+  assert report.neuron_sparsity(by['demp', 0.04]) == 0.8
+  assert report.neuron_sparsity(by['jaxpruner_channel', 0.5]) == 0.5
+  assert report.neuron_sparsity(by['jaxpruner_magnitude', 0.8]) is None
+  points = report.aggregate(rows)
   assert len(points) == 6  # the failed run is out
-  m = tradeoff.matched_accuracy(points)
+  m = report.matched_accuracy(points)
   assert m['threshold'] == pytest.approx(0.92)
   best = m['best']
   assert (best['JaxPruner'].method, best['JaxPruner'].knob) == (
       'jaxpruner_magnitude', 0.95)  # the sparsest within 1 point
   assert (best['DemP'].knob, best['DemP+RigL']) == (0.01, None)
   assert m['closest']['DemP+RigL'] is None  # no such row at all
-  comp = tradeoff.comparison(rows)
+  comp = report.comparison(rows)
   demp = comp['matched_accuracy']['DemP']['best']
   assert demp['train_speedup_vs_dense'] == pytest.approx(100 / 70)
   assert demp['last_step_speedup_vs_dense'] == pytest.approx(0.05 / 0.03)
@@ -182,20 +184,20 @@ def test_sparsities_and_speed_at_matched_accuracy():
       'last_step_speedup_vs_dense'] == pytest.approx(1.0)
   json.dumps(comp)  # serialisable as it is
   # the DemP row slips out of 1 point: none, and its most accurate point
-  m = tradeoff.matched_accuracy(points, tolerance=0.001)
+  m = report.matched_accuracy(points, tolerance=0.001)
   assert m['best']['DemP'] is None and m['closest']['DemP'].knob == 0.01
-  lines = tradeoff.speed_table(points, tolerance=0.001)
+  lines = report.speed_table(points, tolerance=0.001)
   assert ('| DemP | none within 0.1 point; most accurate: demp at 0.9250 '
           '| | | | | | |') in lines
   assert not any('not all measured' in l for l in lines)
   rows[1]['timing_env'] = {'host': 'b'}
-  lines = tradeoff.speed_table(tradeoff.aggregate(rows))
+  lines = report.speed_table(report.aggregate(rows))
   assert any('not all measured under the same conditions' in l
              for l in lines)
 
 
 def test_table_matches_sparsities_without_extrapolating():
-  table = tradeoff.markdown_table(_rows(), neuron_at=(0.5, 0.7, 0.9),
+  table = report.markdown_table(_rows(), neuron_at=(0.5, 0.7, 0.9),
                                   param_at=(0.8, 0.85, 0.95))
   lines = table.splitlines()
   assert sum(l.startswith('| demp |') for l in lines) == 4  # 2 runs, 2 curves
@@ -228,8 +230,8 @@ def test_refuses_to_mix_configs_and_plots(tmp_path):
     f.writelines(json.dumps(r) + '\n' for r in _rows())
   with pytest.raises(ValueError, match='another config'):
     tradeoff.run_sweep(cfg, ['snap'], 1, out)
-  path = tradeoff.plot(tradeoff.aggregate(_rows()),
-                       os.path.join(out, tradeoff.PLOT))
+  path = report.plot(report.aggregate(_rows()),
+                       os.path.join(out, report.PLOT))
   assert os.path.getsize(path) > 10_000
 
 
@@ -303,8 +305,8 @@ def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
       0]
   assert by['network_slimming']['prune_steps'] == [6]
   assert 0 < by['early_snap']['prune_steps'][0] <= 6
-  assert os.path.getsize(os.path.join(out, tradeoff.PLOT)) > 10_000
-  table = open(os.path.join(out, tradeoff.TABLE)).read()
+  assert os.path.getsize(os.path.join(out, report.PLOT)) > 10_000
+  table = open(os.path.join(out, report.TABLE)).read()
   assert all(f'| {m} |' in table for m in NATIVE)
   # a row removed (an unfinished run) is run again over its old workdir
   with open(os.path.join(out, tradeoff.RESULTS), 'w') as f:
@@ -350,21 +352,21 @@ def test_jaxpruner_methods_through_the_harness(tmp_path, monkeypatch):
   for m in ('jaxpruner_magnitude', 'jaxpruner_rigl_erk',
             'jaxpruner_global_magnitude'):
     # 80% of the kernels (biases and norms are not masked)
-    assert 0.77 < tradeoff.param_sparsity(by[m]) < 0.8, m
-    assert tradeoff.neuron_sparsity(by[m]) is None
+    assert 0.77 < report.param_sparsity(by[m]) < 0.8, m
+    assert report.neuron_sparsity(by[m]) is None
   # channel: half the units of each layer masked, none removed
   ch = by['jaxpruner_channel']
   assert ch['masked_unit_fraction'] == 0.5
-  assert tradeoff.neuron_sparsity(ch) == 0.5
+  assert report.neuron_sparsity(ch) == 0.5
   # DemP+RigL: RigL's zeros in whatever DemP kept
   dr = by['demp_rigl']
   assert dr['param_zero_fraction'] > 0.7
-  assert tradeoff.param_sparsity(dr) >= dr['param_sparsity']
-  comp = json.load(open(os.path.join(out, tradeoff.COMPARISON)))
+  assert report.param_sparsity(dr) >= dr['param_sparsity']
+  comp = json.load(open(os.path.join(out, report.COMPARISON)))
   assert comp['dense']['test_accuracy'] == dense['test_accuracy']
   assert set(comp['matched_accuracy']) == {'JaxPruner', 'DemP', 'DemP+RigL'}
   assert len(comp['points']) == len(methods)
-  table = open(os.path.join(out, tradeoff.TABLE)).read()
+  table = open(os.path.join(out, report.TABLE)).read()
   assert all(f'| {m} |' in table for m in methods)
   assert 'Speed at matched accuracy' in table
-  assert os.path.getsize(os.path.join(out, tradeoff.PLOT)) > 10_000
+  assert os.path.getsize(os.path.join(out, report.PLOT)) > 10_000
