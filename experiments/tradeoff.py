@@ -1,68 +1,117 @@
-"""Accuracy vs sparsity vs training time: a resumable sweep over methods.
+r"""Accuracy, sparsity and real time: a resumable sweep over methods.
 
-    python -m experiments.tradeoff --config configs/fashion_mnist_demp.py \
-        --methods demp,snap,crop_it,early_snap,early_crop,\
-structured_magnitude,network_slimming,no_prune --points 5 --out runs/tradeoff
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m experiments.tradeoff \
+        --config configs/fashion_mnist_demp.py --methods no_prune,demp,snap \
+        --points 5 --out runs/tradeoff [--config.num_steps=2000 ...]
 
-Each method runs over its knob (``reg_peak``, the one-cycle penalty peak,
-for DemP; the target sparsity ``sparsity`` for the others; see
-:data:`METHODS` for the grids), one ``demp_jax.training.loop.train`` call
-per (method, knob, seed). Every finished run appends one JSON row to
-``OUT/results.jsonl``; a second invocation skips the rows already there, so
-an interrupted sweep resumes. Then three plots are drawn:
-``OUT/accuracy_vs_neuron_sparsity.png``, ``accuracy_vs_param_sparsity.png``
-and ``accuracy_vs_train_time.png``, and ``OUT/table.md`` holds every run
-and each method's accuracy at matched neuron sparsities (interpolated
-between its own points, never extrapolated).
+``--config path[:arg]`` and ``--config.a.b=value`` are ml_collections'
+config flags, read exactly as ``experiments.train`` reads them (a key the
+config file lacks is an error; put method keys you want to set into a
+config file). ``sparsity_config.*`` overrides reach every method and win
+over the method's defaults below. The harness's own flags: ``--methods``,
+``--points`` (knob values per method), ``--grid METHOD=v1,v2,...``
+(repeatable, replaces a method's grid), ``--seeds 0,1``, ``--out``,
+``--jaxpruner_tree_map_alias`` (lets the JaxPruner methods set
+``jax.tree_map``, removed in JAX 0.6; see
+:mod:`demp_jax.algorithms.jaxpruner_adapter`) and ``--noplots``.
 
-Options:
+Each method runs over its knob (:data:`METHODS`), one
+``demp_jax.training.loop.train`` call per (method, knob, seed), and every
+finished run appends one JSON row to ``OUT/results.jsonl``; a second
+invocation skips the rows already there, so an interrupted sweep resumes
+(an unfinished run starts again from an empty workdir). All rows in one OUT
+must come from one config (its hash after the overrides); another is
+refused. Then it writes (:mod:`experiments.tradeoff_report`)
 
-* ``--grid METHOD=v1,v2,...`` replaces a method's knob grid (repeatable).
-* ``--set KEY=VALUE`` or ``--config.KEY=VALUE`` (repeatable) overrides the
-  config (dotted keys, values parsed as Python literals, else strings),
-  e.g. ``--set num_steps=200 --set sparsity_config.score_batches=2``.
-  ``sparsity_config.*`` keys reach every method (each algorithm takes the
-  keys it knows). All results in one OUT must come from one config: a
-  different one is refused.
-* ``--seeds 0,1,2`` repeats every point.
-* ``--jaxpruner-tree-map-alias`` lets the ``jaxpruner_*`` methods set
-  ``jax.tree_map = jax.tree_util.tree_map`` (removed in JAX 0.6; see
-  :mod:`demp_jax.algorithms.jaxpruner_adapter`).
+* ``OUT/table.md``: every run (test accuracy, neuron and parameter
+  sparsity, the parameters and forward FLOPs the dense kernels still
+  compute, last-step and training seconds), each method's accuracy at
+  matched neuron and parameter sparsities (interpolated between its own
+  points, never extrapolated), and the speed at matched accuracy: for the
+  dense run and the sparsest JaxPruner, DemP and DemP+RigL row within
+  1 point of the dense accuracy, training and last-step seconds side by
+  side;
+* ``OUT/comparison.json``: the same numbers, per (method, knob) averaged
+  over seeds;
+* ``OUT/tradeoff.png``: test accuracy against parameter sparsity, neuron
+  sparsity and training time, and last-step time against forward FLOPs.
+
+The methods and what they are swept over:
+
+=============================  =============================================
+``no_prune``                   the dense reference (one point)
+``demp``                       ``reg_peak``, the penalty's one-cycle peak,
+                               log-spaced 1e-2..1.6e-1
+``snap``, ``crop_it``,         target neuron sparsity 0.3..0.9, units
+``early_snap``, ``early_crop``, removed physically
+``structured_magnitude``,
+``network_slimming``
+``demp_rigl``                  ``reg_peak`` as DemP, with RigL's masks as
+                               the DemP authors ran them: 80% of the
+                               kernels' weights, ERK, drop fraction 0.1,
+                               mask updates until 75% of training
+``jaxpruner_magnitude``,       JaxPruner's algorithm at weight sparsity
+``jaxpruner_saliency``,        0.5..0.95 (log-spaced densities), its
+``jaxpruner_random``,          ``uniform`` distribution over every leaf with
+``jaxpruner_set``,             ``ndim > 1`` (its default filter, the
+``jaxpruner_rigl``             classifier included)
+``jaxpruner_*_erk``            the same with its ``erk`` distribution
+                               (magnitude, saliency, set, rigl)
+``jaxpruner_global_magnitude`` one ranking over all those leaves (no
+                               distribution)
+``jaxpruner_channel``          JaxPruner's ``channel_-1`` type on magnitude
+                               scores, ``uniform``, at neuron sparsity
+                               0.3..0.9 over the kernels that produce units
+                               (masks only: nothing is removed)
+=============================  =============================================
+
+Every JaxPruner method runs JaxPruner's own schedule, that of its ImageNet
+ResNet-50 baseline (scenic config: masks updated every 1,000 of 31,250
+steps from step 10,000 to 25,000, i.e. every 3.2% of training from 32% to
+80%, drop fraction 0.1 for SET and RigL), scaled to ``num_steps``: on the
+demo's 1,400 steps every 45 steps from 450 to 1,125. Magnitude, saliency,
+random and channel prune gradually over it (JaxPruner's cubic
+``PolynomialSchedule``); SET and RigL are sparse from step 0 and drop and
+regrow over it.
 
 Row fields: ``method, algorithm, knob_name, knob, seed, status,
 test_accuracy, neuron_sparsity, param_sparsity, param_zero_fraction,
-sparsity_kind, flops_initial, flops_final, train_seconds,
-step_seconds_first, step_seconds_last, compile_seconds, units_final,
-params_final, prune_steps, config_hash, workdir``. ``param_sparsity`` is
-``1 - params_final / params_initial`` (physically removed); for the
-mask-only ``jaxpruner_*`` methods (``sparsity_kind='masked'``) the plots use
-``param_zero_fraction``, the fraction of exactly-zero parameters in the
-final checkpoint (JaxPruner's ``_total_sparsity``).
+masked_unit_fraction, sparsity_kind, flops_initial, flops_final,
+train_seconds, step_seconds_first, step_seconds_last, compile_seconds,
+units_final, params_final, prune_steps, timing_env, load_before,
+config_hash, workdir``. ``param_sparsity`` is ``1 - params_final /
+params_initial`` (physically removed) and ``param_zero_fraction`` the
+exact zeros among the params kept; the table and plots use their
+combination, the fraction of the initial parameters removed or zero.
+``sparsity_kind`` is ``'units'`` (removed physically), ``'unit_masks'``
+(whole units masked, not removed: their neuron sparsity is
+``masked_unit_fraction``, the units whose incoming kernel columns are all
+zero) or ``'weight_masks'`` (no neuron sparsity). ``timing_env`` (JAX
+version, allocator and XLA settings, host) says under which conditions the
+seconds were measured; the speed comparison says when they differ.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import copy
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from experiments import tradeoff_report as report
+from experiments.tradeoff_report import UNIT_MASKS, UNITS, WEIGHT_MASKS
+
 RESULTS = 'results.jsonl'
 ERRORS = 'errors.jsonl'
-TABLE = 'table.md'
-PLOTS = ('accuracy_vs_neuron_sparsity.png', 'accuracy_vs_param_sparsity.png',
-         'accuracy_vs_train_time.png')
 
 
 def _lin(lo: float, hi: float) -> Callable[[int], list[float]]:
@@ -84,9 +133,21 @@ def _geom(lo: float, hi: float) -> Callable[[int], list[float]]:
   return grid
 
 
+def _sparsity_geom(lo: float, hi: float) -> Callable[[int], list[float]]:
+  """``n`` sparsities in ``[lo, hi]`` whose densities ``1 - s`` are
+  log-spaced (denser near ``hi``: 0.5, 0.768, 0.892, 0.95 for n=4)."""
+  dens = _geom(1.0 - hi, 1.0 - lo)
+  return lambda n: sorted(round(1.0 - d, 3) for d in dens(n))
+
+
 def _none(n):
   del n
   return [None]
+
+
+def _no_defaults(num_steps: int, steps_per_epoch: int) -> dict:
+  del num_steps, steps_per_epoch
+  return {}
 
 
 def _gradual(num_steps: int, _) -> dict:
@@ -95,22 +156,35 @@ def _gradual(num_steps: int, _) -> dict:
           'update_freq': max(1, (end - start) // 4)}
 
 
-def _jaxpruner(num_steps: int, _) -> dict:
-  start, end = num_steps // 10, num_steps // 2
-  return {'update_start_step': start, 'update_end_step': end,
-          'update_freq': max(1, (end - start) // 10), 'dist_type': 'uniform'}
-
-
 def _early(num_steps: int, steps_per_epoch: int) -> dict:
   return {'check_every': max(1, steps_per_epoch),
           'max_prune_step': num_steps // 2}
 
 
+def jaxpruner_schedule(num_steps: int) -> dict:
+  """JaxPruner's ResNet-50 baseline schedule scaled to ``num_steps``: masks
+  updated every 3.2% of training (1,000 of its 31,250 steps) from 10 to 25
+  update periods (its steps 10,000 and 25,000)."""
+  freq = max(1, round(0.032 * num_steps))
+  return {'update_freq': freq, 'update_start_step': 10 * freq,
+          'update_end_step': min(25 * freq, num_steps)}
+
+
+def _jaxpruner(dist_type: str, regrows: bool = False
+               ) -> Callable[[int, int], dict]:
+  def defaults(num_steps, _):
+    d = {**jaxpruner_schedule(num_steps), 'dist_type': dist_type}
+    if regrows:
+      d['drop_fraction'] = 0.1
+    return d
+  return defaults
+
+
 def _demp_rigl(num_steps: int, _) -> dict:
+  freq = jaxpruner_schedule(num_steps)['update_freq']
   return {'sparsity': 0.8, 'dist_type': 'erk', 'drop_fraction': 0.1,
-          'update_start_step': num_steps // 10,
-          'update_end_step': (3 * num_steps) // 4,
-          'update_freq': max(1, num_steps // 20)}
+          'update_freq': freq, 'update_start_step': freq,
+          'update_end_step': (3 * num_steps) // 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,21 +196,23 @@ class MethodSpec:
     knob: the ``sparsity_config`` key swept (None: one point).
     grid: ``points -> knob values``.
     defaults: ``(num_steps, steps_per_epoch) -> sparsity_config keys``,
-      applied under the user's ``sparsity_config`` overrides.
-    masked: sparsity from zeroed weights, no unit removal.
+      applied over the config's and under the user's overrides.
+    structure: ``'units'`` (removed physically), ``'unit_masks'`` (whole
+      units masked, not removed) or ``'weight_masks'`` (single weights
+      masked).
   """
   algorithm: str
   knob: Optional[str]
   grid: Callable[[int], list]
-  defaults: Callable[[int, int], dict] = lambda n, e: {}
-  masked: bool = False
+  defaults: Callable[[int, int], dict] = _no_defaults
+  structure: str = UNITS
 
 
 # DemP's penalty peak: on the demo CNN (1,400 steps) 1e-2 leaves most units
 # alive and 1.6e-1 removes about 90% of them.
 _DEMP_GRID = _geom(1e-2, 1.6e-1)
 _UNIT_GRID = _lin(0.3, 0.9)
-_WEIGHT_GRID = _lin(0.5, 0.95)
+_WEIGHT_GRID = _sparsity_geom(0.5, 0.95)
 
 METHODS: dict[str, MethodSpec] = {
     'no_prune': MethodSpec('no_prune', None, _none),
@@ -152,63 +228,21 @@ METHODS: dict[str, MethodSpec] = {
         lambda n, e: {'prune_step': n // 2, 'reg_strength': 1e-4}),
     'demp_rigl': MethodSpec('demp_rigl', 'reg_peak', _DEMP_GRID, _demp_rigl),
     'jaxpruner_channel': MethodSpec('jaxpruner_channel', 'sparsity',
-                                    _UNIT_GRID, _jaxpruner, masked=True),
-    **{f'jaxpruner_{a}': MethodSpec(
+                                    _UNIT_GRID, _jaxpruner('uniform'),
+                                    UNIT_MASKS),
+    # its dist_type is unused (one global ranking) but JaxPruner wants one
+    'jaxpruner_global_magnitude': MethodSpec(
+        'jaxpruner_global_magnitude', 'sparsity', _WEIGHT_GRID,
+        _jaxpruner('uniform'), WEIGHT_MASKS),
+    **{f'jaxpruner_{a}{suffix}': MethodSpec(
         f'jaxpruner_{a}', 'sparsity', _WEIGHT_GRID,
-        (lambda n, e: {**_jaxpruner(n, e), 'update_end_step': (3 * n) // 4})
-        if a in ('set', 'rigl') else _jaxpruner, masked=True)
-       for a in ('magnitude', 'global_magnitude', 'saliency', 'random', 'set',
-                 'rigl')},
+        _jaxpruner(dist, a in ('set', 'rigl')), WEIGHT_MASKS)
+       for a in ('magnitude', 'saliency', 'random', 'set', 'rigl')
+       for dist, suffix in (('uniform', ''), ('erk', '_erk'))
+       if not (a == 'random' and dist == 'erk')},
 }
 
-
 # ------------------------------------------------------------------ config
-
-
-def load_config(spec: str):
-  """``'path/to/config.py[:arg]'`` -> ``get_config(arg)``."""
-  path, _, arg = spec.partition(':')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config file {path!r} not found')
-  mod_spec = importlib.util.spec_from_file_location('_tradeoff_config', path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def parse_value(text: str) -> Any:
-  """A Python literal (``3``, ``1e-3``, ``(8, 16)``, ``True``, ``None``,
-  ``{'a': 1}``), else the string itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_override(config, assignment: str) -> None:
-  """Sets ``config.a.b = value`` from ``'a.b=value'`` (in place).
-
-  A dict value replaces a sub-config whole (e.g. ``model={'name': 'mlp',
-  'widths': (32, 16)}``).
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  key, sep, text = assignment.partition('=')
-  if not sep or not key:
-    raise ValueError(f'override {assignment!r} is not KEY=VALUE')
-  value = parse_value(text)
-  *parents, leaf = key.strip().split('.')
-  node = config
-  for p in parents:
-    if p not in node:
-      raise ValueError(f'override {assignment!r}: config has no {p!r}')
-    node = node[p]
-  if isinstance(value, dict):
-    value = ml_collections.ConfigDict(value)
-  if leaf in node and isinstance(node[leaf], float) and isinstance(
-      value, int) and not isinstance(value, bool):
-    value = float(value)
-  with node.ignore_type():
-    node[leaf] = value
 
 
 def config_hash(config) -> str:
@@ -271,30 +305,59 @@ def _jsonable(x):
   return str(x)
 
 
-def zero_fraction(workdir: str) -> float:
-  """Fraction of exactly-zero entries over all params in the latest
-  checkpoint of a run (NaN if it cannot be read)."""
+def timing_env() -> dict:
+  """What the seconds of a run depend on besides the code: JAX, the
+  allocator and XLA settings, the host and its cores."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {'jax': jax.__version__,
+          'GLIBC_TUNABLES': os.environ.get('GLIBC_TUNABLES', ''),
+          'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''),
+          'host': platform.node(), 'cpus': os.cpu_count()}
+
+
+def final_params(workdir: str) -> dict:
+  """The params of the latest checkpoint of a run."""
+  from demp_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
   try:
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                                 item_names=('state', 'meta'))
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
-    mngr.close()
-    leaves = jax.tree.leaves(state['variables']['params'])
-    zeros = sum(int(np.sum(np.asarray(x) == 0)) for x in leaves)
-    return zeros / max(1, sum(int(np.size(x)) for x in leaves))
-  except Exception as e:  # pylint: disable=broad-except
-    print(f'warning: cannot read the final params of {workdir}: {e}',
-          file=sys.stderr)
-    return float('nan')
+    return ckpt.restore(ckpt.latest_step(), None)['variables']['params']
+  finally:
+    ckpt.close()
 
 
-def _row(method, knob, seed, summary, workdir, chash) -> dict:
+def masked_unit_fraction(topology, params: dict) -> float:
+  """Fraction of the units whose incoming kernel columns (every ``params``
+  leaf with ``ndim > 1`` the unit group produces) are all exactly zero: the
+  units a mask silenced without removing them (each still outputs a
+  constant, ``act`` of its bias or norm offset).
+
+  Args:
+    topology: the model's unit topology at the params' widths.
+    params: the ``'params'`` collection.
+  """
+  from demp_jax import topology as topo  # pylint: disable=g-import-not-at-top
+  masked = total = 0
+  for g in topology.groups:
+    live = np.zeros(g.size, bool)
+    for ref in g.produces:
+      leaf = topo.get_leaf({'params': params}, ref.key)
+      if ref.collection != 'params' or ref.kind != 'axis' or leaf is None \
+          or np.ndim(leaf) < 2:
+        continue
+      col = np.moveaxis(np.asarray(leaf) != 0, ref.axis, -1)
+      live |= col.reshape(-1, g.size).any(axis=0)
+    masked += int(g.size - live.sum())
+    total += g.size
+  return masked / max(total, 1)
+
+
+def _row(method, knob, seed, summary, workdir, chash, topology,
+         env: dict, load: float) -> dict:
   spec = METHODS[method]
   events = summary.get('pruning_events', [])
+  masked_units = None
+  if spec.structure != UNITS:  # masks only: the widths never change
+    masked_units = masked_unit_fraction(topology, final_params(workdir))
   return {
       'method': method,
       'algorithm': spec.algorithm,
@@ -305,8 +368,9 @@ def _row(method, knob, seed, summary, workdir, chash) -> dict:
       'test_accuracy': summary['test_accuracy'],
       'neuron_sparsity': summary['neuron_sparsity'],
       'param_sparsity': summary['param_sparsity'],
-      'param_zero_fraction': zero_fraction(workdir),
-      'sparsity_kind': 'masked' if spec.masked else 'physical',
+      'param_zero_fraction': summary['param_zero_fraction'],
+      'masked_unit_fraction': masked_units,
+      'sparsity_kind': spec.structure,
       'flops_initial': summary['flops_initial'],
       'flops_final': summary['flops_final'],
       'train_seconds': summary['train_seconds'],
@@ -317,6 +381,8 @@ def _row(method, knob, seed, summary, workdir, chash) -> dict:
       'params_final': summary['params_final'],
       'prune_steps': sorted({int(e['step']) for e in events
                              if 'widths' in e}),
+      'timing_env': env,
+      'load_before': load,
       'config_hash': chash,
       'workdir': workdir,
   }
@@ -349,7 +415,8 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
               user_sparsity: Optional[dict] = None,
               jaxpruner_alias: bool = False, plots: bool = True,
               log: Callable[[str], None] = print) -> dict:
-  """Runs the missing rows of the sweep and draws the plots.
+  """Runs the missing rows of the sweep, then writes the table, the
+  comparison and the plot (:func:`tradeoff_report.write`).
 
   Args:
     config: the base ``ml_collections`` config (overrides applied).
@@ -360,14 +427,16 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
     seeds: seeds per point.
     user_sparsity: ``sparsity_config`` keys set by the user, applied to every
       method over its defaults.
-    jaxpruner_alias: pass ``jaxpruner_tree_map_alias=True`` to jaxpruner
-      methods.
-    plots: draw the PNGs.
+    jaxpruner_alias: pass ``jaxpruner_tree_map_alias=True`` to the
+      JaxPruner methods and ``demp_rigl``.
+    plots: draw the PNG.
     log: progress printer.
 
   Returns:
-    ``{'ran': n, 'skipped': n, 'failed': n, 'rows': [...], 'plots': [...]}``.
+    ``{'ran': n, 'skipped': n, 'failed': n, 'rows': [...], 'written':
+    [paths]}``.
   """
+  from demp_jax import models  # pylint: disable=g-import-not-at-top
   from demp_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
@@ -380,8 +449,13 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
         f'{sorted(other)}, this one {chash}); use another --out')
   done = {run_key(r['method'], r['knob'], r['seed']) for r in rows}
   runs = plan_runs(methods, points, grids, seeds)
-  steps_per_epoch = max(1, len(load_dataset(config.dataset).train)
-                        // int(config.batch_size))
+  splits = load_dataset(config.dataset)
+  steps_per_epoch = max(1, len(splits.train) // int(config.batch_size))
+  input_shape = tuple(splits.train.example_shape)
+  topology = models.build_model(
+      {'num_classes': splits.num_classes, **config.model.to_dict()}
+  ).unit_topology(input_shape)
+  env = timing_env()
   ran = skipped = failed = 0
   for i, (method, knob, seed) in enumerate(runs):
     tag = f'[{i + 1}/{len(runs)}] {method} {METHODS[method].knob}={knob} ' \
@@ -399,9 +473,11 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
     # no row: the run never finished; start it again from nothing
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
+    load = os.getloadavg()[0]
     try:
       summary = loop.train(cfg, workdir)
-      row = _row(method, knob, seed, summary, workdir, chash)
+      row = _row(method, knob, seed, summary, workdir, chash, topology, env,
+                 load)
     except loop.NonFiniteLossError as e:
       row = {'method': method, 'algorithm': METHODS[method].algorithm,
              'knob_name': METHODS[method].knob, 'knob': knob, 'seed': seed,
@@ -419,136 +495,31 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
     done.add(run_key(method, knob, seed))
     ran += 1
     acc = row.get('test_accuracy', float('nan'))
-    log(f'{tag}: acc {acc:.4f} units -{row.get("neuron_sparsity", 0):.0%} '
+    log(f'{tag}: acc {acc:.4f} params -{report.param_sparsity(row):.0%} '
         f'({time.perf_counter() - t0:.0f} s)')
-  drawn = plot(rows, out) if plots else []
-  with open(os.path.join(out, TABLE), 'w') as f:
-    f.write(markdown_table(rows))
+  written = report.write(rows, out, plots)
   return {'ran': ran, 'skipped': skipped, 'failed': failed, 'rows': rows,
-          'plots': drawn}
-
-
-# ------------------------------------------------------------------- plots
-
-
-def _points(rows: list[dict], x_of: Callable[[dict], float]):
-  """``{method: (xs, ys, masked)}`` with means over seeds per knob,
-  sorted by x."""
-  groups: dict = {}
-  for r in rows:
-    if r.get('status') != 'ok':
-      continue
-    x, y = x_of(r), r.get('test_accuracy')
-    if x is None or y is None or not np.isfinite(x) or not np.isfinite(y):
-      continue
-    groups.setdefault(r['method'], {}).setdefault(
-        run_key(r['method'], r['knob'], 0), []).append((x, y))
-  out = {}
-  for m, by_knob in groups.items():
-    pts = sorted((float(np.mean([p[0] for p in v])),
-                  float(np.mean([p[1] for p in v]))) for v in by_knob.values())
-    masked = METHODS[m].masked if m in METHODS else False
-    out[m] = ([p[0] for p in pts], [p[1] for p in pts], masked)
-  return out
-
-
-def _param_x(r: dict) -> float:
-  return r.get('param_zero_fraction') if r.get(
-      'sparsity_kind') == 'masked' else r.get('param_sparsity')
-
-
-def plot(rows: list[dict], out: str) -> list[str]:
-  """Draws the three PNGs; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  specs = [
-      (PLOTS[0], lambda r: r.get('neuron_sparsity'),
-       'neuron sparsity (units removed / initial units)'),
-      (PLOTS[1], _param_x,
-       'parameter sparsity (removed; masked methods: zero weights)'),
-      (PLOTS[2], lambda r: r.get('train_seconds'),
-       'training time (s, train loop without evaluation)'),
-  ]
-  accs = [r['test_accuracy'] for r in rows if r.get('status') == 'ok' and
-          np.isfinite(r.get('test_accuracy', np.nan))]
-  # the accuracy axis spans 0.1 below the best run, so that collapsed runs
-  # do not flatten the rest; those are drawn on the bottom edge as 'v'
-  floor = max(accs) - 0.1 if accs else 0.0
-  paths = []
-  for name, x_of, xlabel in specs:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method, (xs, ys, masked) in sorted(_points(rows, x_of).items()):
-      label = f'{method} (masks only)' if masked else method
-      shown = [max(y, floor) for y in ys]
-      line, = ax.plot(xs, shown, '--' if masked else '-', marker='o',
-                      mfc='none' if masked else None, label=label)
-      low = [(x, floor) for x, y in zip(xs, ys) if y < floor]
-      if low:
-        ax.plot(*zip(*low), 'v', color=line.get_color(), ms=9)
-    if any(a < floor for a in accs):
-      ax.set_title(f'v: test accuracy below {floor:.2f} (collapsed run)',
-                   fontsize=9)
-    ax.set_ylim(floor - 0.005, (max(accs) if accs else 1.0) + 0.005)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel('test accuracy')
-    ax.grid(alpha=0.3)
-    if ax.has_data():
-      ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(path)
-  return paths
-
-
-def accuracy_at(xs: Sequence[float], ys: Sequence[float],
-                x: float) -> Optional[float]:
-  """Accuracy at sparsity ``x`` by linear interpolation between a method's
-  points (sorted by ``xs``); None outside their range (no extrapolation)."""
-  if not xs or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
-    return None
-  return float(np.interp(x, xs, ys))
-
-
-def markdown_table(rows: list[dict],
-                   matched: Sequence[float] = (0.5, 0.7, 0.8, 0.9)) -> str:
-  """Two markdown tables: every finished run, and each method's accuracy at
-  the same neuron sparsities (interpolated between its own points, '-'
-  outside them). The best at each sparsity is in bold."""
-  ok = sorted((r for r in rows if r.get('status') == 'ok'),
-              key=lambda r: (r['method'], r.get('neuron_sparsity', 0)))
-  lines = ['| method | knob | test accuracy | neuron sparsity | '
-           'param sparsity | forward FLOPs kept | train s | last step s |',
-           '|---|---|---|---|---|---|---|---|']
-  for r in ok:
-    knob = '' if r.get('knob') is None else f"{r['knob_name']}={r['knob']:g}"
-    flops = r['flops_final'] / r['flops_initial']
-    lines.append(
-        f"| {r['method']} | {knob} | {r['test_accuracy']:.4f} | "
-        f"{r['neuron_sparsity']:.3f} | {_param_x(r):.3f} | {flops:.3f} | "
-        f"{r['train_seconds']:.1f} | {r['step_seconds_last']:.4f} |")
-  curves = _points(ok, lambda r: r.get('neuron_sparsity'))
-  lines += ['', '| method | ' + ' | '.join(
-      f'acc. at {x:g}' for x in matched) + ' |',
-            '|---|' + '---|' * len(matched)]
-  table = {m: [accuracy_at(xs, ys, x) for x in matched]
-           for m, (xs, ys, _) in curves.items() if len(xs) > 1}
-  best = [max((v[i] for v in table.values() if v[i] is not None),
-              default=None) for i in range(len(matched))]
-  for m, accs in sorted(table.items()):
-    cells = ['-' if a is None else
-             (f'**{a:.4f}**' if a == best[i] else f'{a:.4f}')
-             for i, a in enumerate(accs)]
-    lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+          'written': written}
 
 
 # --------------------------------------------------------------------- CLI
 
 
-def _parse_grid(items: Sequence[str]) -> dict:
+class Args(NamedTuple):
+  """The parsed command line."""
+  config: Any
+  methods: list[str]
+  points: int
+  out: str
+  seeds: list[int]
+  grids: dict
+  user_sparsity: dict
+  jaxpruner_alias: bool
+  plots: bool
+
+
+def parse_grid(items: Sequence[str]) -> dict:
+  """``['snap=0.1,0.2', ...]`` -> ``{'snap': [0.1, 0.2]}``."""
   grids = {}
   for item in items:
     method, sep, values = item.partition('=')
@@ -558,65 +529,82 @@ def _parse_grid(items: Sequence[str]) -> dict:
   return grids
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-  p = argparse.ArgumentParser(
-      prog='python -m experiments.tradeoff',
-      description=__doc__.split('\n\n')[0])
-  p.add_argument('--config', required=True,
-                 help='config file, optionally with :arg')
-  p.add_argument('--methods', required=True,
-                 help=f'comma-separated, from {",".join(sorted(METHODS))}')
-  p.add_argument('--points', type=int, default=4,
-                 help='knob values per method')
-  p.add_argument('--out', required=True, help='output directory')
-  p.add_argument('--seeds', default='0', help='comma-separated seeds')
-  p.add_argument('--grid', action='append', default=[],
-                 help='METHOD=v1,v2,... (repeatable)')
-  p.add_argument('--set', action='append', default=[], dest='sets',
-                 help='KEY=VALUE config override (repeatable)')
-  p.add_argument('--jaxpruner-tree-map-alias', action='store_true',
-                 help='allow jaxpruner methods to alias jax.tree_map')
-  p.add_argument('--no-plots', action='store_true')
-  args, rest = p.parse_known_args(argv)
-  overrides = list(args.sets)
-  i = 0
-  while i < len(rest):
-    a = rest[i]
-    if a.startswith('--config.'):
-      body = a[len('--config.'):]
-      if '=' not in body:
-        if i + 1 >= len(rest):
-          p.error(f'{a} needs a value')
-        body = f'{body}={rest[i + 1]}'
-        i += 1
-      overrides.append(body)
-    else:
-      p.error(f'unrecognised argument {a!r}')
-    i += 1
-  args.overrides = overrides
-  return args
+def _flag_values(argv: Sequence[str]):
+  """The harness's flags on a fresh ``FlagValues`` (nothing global)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Config file, path[:arg].',
+                                  flag_values=fv, lock_config=True,
+                                  sys_argv=list(argv))
+  flags.DEFINE_list('methods', None, f'From {",".join(sorted(METHODS))}.',
+                    flag_values=fv)
+  flags.DEFINE_integer('points', 4, 'Knob values per method.',
+                       flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output directory.', flag_values=fv)
+  flags.DEFINE_list('seeds', ['0'], 'Seeds of every point.', flag_values=fv)
+  flags.DEFINE_multi_string('grid', [], 'METHOD=v1,v2,... replaces the '
+                            "method's knob grid.", flag_values=fv)
+  flags.DEFINE_boolean('jaxpruner_tree_map_alias', False,
+                       'Let the JaxPruner methods set jax.tree_map.',
+                       flag_values=fv)
+  flags.DEFINE_boolean('plots', True, 'Draw the plot.', flag_values=fv)
+  flags.mark_flags_as_required(['config', 'methods', 'out'], flag_values=fv)
+  return fv
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+  """Parses ``argv`` (without the program name).
+
+  Raises:
+    ValueError: a bad flag, override, config file or grid, in one line.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  full = ['experiments.tradeoff', *argv]
+  fv = _flag_values(full)
+  try:
+    rest = fv(full)
+    config = fv.config
+    config.to_dict()  # a config file that failed to load raises here
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+          OSError) as e:
+    msg = e
+    while isinstance(msg, BaseException) and msg.args:
+      msg = msg.args[0]
+    what = ('unknown or invalid config override '
+            if isinstance(e, (AttributeError, KeyError)) else '')
+    raise ValueError(what + ' '.join(str(msg).split())) from e
+  if len(rest) > 1:
+    raise ValueError(f'unexpected arguments {rest[1:]}')
+  overrides = config_flags.get_override_values(fv['config'])
+  return Args(config, list(fv.methods), int(fv.points), fv.out,
+              [int(s) for s in fv.seeds], parse_grid(fv.grid),
+              {k.split('.', 1)[1]: v for k, v in overrides.items()
+               if k.startswith('sparsity_config.')},
+              bool(fv.jaxpruner_tree_map_alias), bool(fv.plots))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs the sweep; returns 0, or 1 if some run failed."""
-  args = parse_args(argv)
-  config = load_config(args.config)
-  user_sparsity = {}
-  for o in args.overrides:
-    apply_override(config, o)
-    key = o.partition('=')[0].strip()
-    if key.startswith('sparsity_config.'):
-      user_sparsity[key.split('.', 1)[1]] = parse_value(o.partition('=')[2])
-  methods = [m.strip() for m in args.methods.split(',') if m.strip()]
-  seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  res = run_sweep(config, methods, args.points, args.out,
-                  grids=_parse_grid(args.grid), seeds=seeds,
-                  user_sparsity=user_sparsity,
-                  jaxpruner_alias=args.jaxpruner_tree_map_alias,
-                  plots=not args.no_plots)
+  """Runs the sweep; returns 0, 1 if some run failed, 2 on a bad command
+  line."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if {'-h', '--help', '--helpfull'} & set(argv):
+    print(__doc__)
+    return 0
+  try:
+    args = parse_args(argv)
+    plan_runs(args.methods, args.points, args.grids, args.seeds)
+  except ValueError as e:
+    print(f'error: bad command line: {e}', file=sys.stderr)
+    return 2
+  res = run_sweep(args.config, args.methods, args.points, args.out,
+                  grids=args.grids, seeds=args.seeds,
+                  user_sparsity=args.user_sparsity,
+                  jaxpruner_alias=args.jaxpruner_alias, plots=args.plots)
   print(f'{res["ran"]} run(s), {res["skipped"]} skipped, {res["failed"]} '
         f'failed; rows in {os.path.join(args.out, RESULTS)}')
-  for path in res['plots']:
+  for path in res['written']:
     print(f'  {path}')
   return 1 if res['failed'] else 0
 

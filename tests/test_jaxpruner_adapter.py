@@ -1,8 +1,10 @@
-"""The optional JaxPruner adapter. Tests that need jaxpruner skip without it
-(CI has no jaxpruner); the error paths run everywhere."""
+"""The optional JaxPruner adapter, against the real package. Tests that
+need jaxpruner skip without it (`.ci/run` installs it from the shared wheel
+when there is one); the error paths run everywhere."""
 import sys
 import warnings
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,30 @@ def test_demp_rigl_masks_are_sliced_by_demp_surgery(tree_map):
   m = np.asarray(u2.rigl_state(state.opt_state).masks['dense_0']['kernel'])
   assert k.shape == (6, 4)
   np.testing.assert_array_equal(k[m == 0], 0)
+
+
+@needs_jaxpruner
+def test_channel_masks_the_unit_kernels_not_the_classes(tree_map):
+  del tree_map
+  model = models.MLP(widths=(8, 6), num_classes=3)
+  shape = (2, 3, 1)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))[
+      'params']
+  cfg = {'algorithm': 'jaxpruner_channel', 'sparsity': 0.5,
+         'update_start_step': 0, 'update_end_step': 0, 'update_freq': 1}
+  u = create_updater_from_config(cfg, topology=model.unit_topology(shape))
+  _, masks = u.instant_sparsify(params)
+  flat = flax.traverse_util.flatten_dict(masks)
+  kernels = {k: v for k, v in flat.items() if k[-1] == 'kernel'}
+  assert len(kernels) == 3
+  unit_kernels = [m for m in kernels.values() if m is not None]
+  assert len(unit_kernels) == 2
+  for m in map(np.asarray, unit_kernels):  # half of the output columns
+    np.testing.assert_array_equal(m.min(axis=0), m.max(axis=0))
+    assert m.min(axis=0).sum() == m.shape[-1] // 2
+  # the classifier's columns are classes, not channels to prune
+  assert sum(m is None for m in kernels.values()) == 1
+  # without a topology JaxPruner's own filter masks the classifier too
+  u = create_updater_from_config(cfg)
+  _, masks = u.instant_sparsify(params)
+  assert all(m is not None for m in jax.tree.leaves(masks) if m.ndim > 1)

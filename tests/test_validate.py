@@ -6,7 +6,7 @@ import time
 import pytest
 
 from demp_jax.training.validate import ConfigError, validate_config
-from test_configs import get_config
+from conftest import load_config as get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # config strings beyond '' (every file in configs/ with a get_config runs

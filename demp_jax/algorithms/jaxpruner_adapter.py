@@ -41,7 +41,14 @@ What it takes on today's JAX:
   the bias, the norm parameters nor the next layer's inputs: a "pruned"
   channel still outputs ``act(bias)``, and nothing is removed or faster.
   Its results are mask-level structured pruning, not comparable to
-  physical unit removal in speed.
+  physical unit removal in speed. Given the model's unit topology it
+  masks only the kernels that produce units (not the classifier's
+  columns, which are classes).
+
+Checked on JAX 0.10.2 with JaxPruner built unchanged from that commit: its
+own ``magnitude``, ``global_magnitude``, ``saliency``, ``random``, ``set``,
+``rigl`` and ``channel_-1`` run here with the alias above and, for SET and
+RigL, the all-ones masks.
 
 None of these updaters removes units: their schedule never asks them to
 decide and the network keeps its widths. Their sparsity is the fraction of zero
@@ -217,7 +224,7 @@ class JaxPrunerBaseline(base.BaseUpdater):
            'update_start_step': self.update_start_step,
            'update_end_step': self.update_end_step,
            'sparsity_type': self.sparsity_type or self.default_sparsity_type,
-           'filter_fn': self.filter_fn,
+           'filter_fn': self.filter_fn or self.default_filter_fn(),
            'custom_sparsity_map': self.custom_sparsity_map,
            **dict(self.jaxpruner_options or {})}
     if self.jaxpruner_algorithm in ('set', 'rigl'):
@@ -228,6 +235,11 @@ class JaxPrunerBaseline(base.BaseUpdater):
       cfg['drop_fraction'] = float(self.drop_fraction)
     self.pruner = _build(jp, self.jaxpruner_algorithm, cfg,
                          self.every_leaf_masked)
+
+  def default_filter_fn(self) -> Optional[Callable]:
+    """The leaves masked when ``filter_fn`` is None; None: JaxPruner's
+    default (every leaf with ``ndim > 1``)."""
+    return None
 
   def wrap_optax(self, inner):
     return self.pruner.wrap_optax(inner)
@@ -269,12 +281,28 @@ JaxPrunerSET = _baseline('JaxPrunerSET', 'set', 'JaxPruner\'s SET (every '
 JaxPrunerRigL = _baseline('JaxPrunerRigL', 'rigl', 'JaxPruner\'s RigL (every '
                           'leaf masked, see the module doc).',
                           every_leaf_masked=True)
-JaxPrunerChannel = _baseline(
-    'JaxPrunerChannel', 'magnitude',
-    'JaxPruner\'s ``channel`` sparsity type on magnitude scores: masks whole '
-    'kernel output columns (``\'channel_-1\'``); biases, norms and the next '
-    'layer\'s inputs stay, and nothing is removed.',
-    sparsity_type='channel_-1')
+
+
+@dataclasses.dataclass
+class JaxPrunerChannel(JaxPrunerBaseline):
+  """JaxPruner's ``channel`` sparsity type on magnitude scores: masks whole
+  kernel output columns (``'channel_-1'``); biases, norms and the next
+  layer's inputs stay, and nothing is removed.
+
+  With a topology and no ``filter_fn``, only the kernels that produce units
+  are masked, so ``sparsity`` is a neuron sparsity as for the structured
+  baselines; JaxPruner's default filter would also mask the classifier's
+  output columns, i.e. whole classes.
+  """
+  jaxpruner_algorithm: ClassVar[str] = 'magnitude'
+  default_sparsity_type: ClassVar[Optional[str]] = 'channel_-1'
+
+  def default_filter_fn(self) -> Optional[Callable]:
+    if self.topology is None:
+      return None
+    kernels = {ref.path for g in self.topology.groups for ref in g.produces
+               if ref.collection == 'params' and ref.kind == 'axis'}
+    return lambda key, p: p.ndim > 1 and tuple(key) in kernels
 
 
 @dataclasses.dataclass

@@ -240,7 +240,7 @@ RULES: dict[str, Allowed] = {
     'sparsity_config.epsilon': _RATE,
     'sparsity_config.min_width': _COUNT,
     'sparsity_config.fold_constants': FLAG,
-    'sparsity_config.constant_tol': _RATE,
+    'sparsity_config.constant_layer_tol': _RATE,
     'sparsity_config.sparsity': _FRACTION,
     'sparsity_config.dist_type': one_of(lambda: ('global', 'uniform', 'erk'),
                                         'a sparsity distribution'),
