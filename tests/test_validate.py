@@ -68,7 +68,7 @@ BAD = [
     ('sparsity_config.death_batches', 0, 'an integer >= 1'),
     ('sparsity_config.death_batch_size', 0, 'an integer >= 1'),
     ('sparsity_config.min_width', 0, 'an integer >= 1'),
-    ('sparsity_config.constant_tol', -1e-3, 'a finite number >= 0'),
+    ('sparsity_config.constant_layer_tol', -1e-3, 'a finite number >= 0'),
     ('sparsity_config.regularizer', 'l3', 'a regularizer'),
     ('sparsity_config.algorithm', 'demq', 'a registered algorithm'),
     ('model.conv_widths', (8, 0), 'each an integer >= 1'),
