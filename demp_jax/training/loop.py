@@ -42,6 +42,7 @@ from demp_jax.training import checkpoint as ckpt_lib
 from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import optim
 from demp_jax.training import parallel
+from demp_jax.training.recalibrate import recalibrate
 from demp_jax.training.steps import (TrainState, make_eval_step,
                                      make_train_step)
 
@@ -272,6 +273,21 @@ def train(config, workdir: str) -> dict:
   executor = futures.ThreadPoolExecutor(1, thread_name_prefix='shrink')
   pending: Optional[PendingShrink] = None
   stats_fn = None  # the death check compiled for the current widths
+  recal_batches = int(config.get('bn_recalibration_batches', 0) or 0)
+
+  def eval_variables(variables, step: int):
+    """``variables`` for the death check and evaluation: BatchNorm
+    statistics recomputed from ``config.bn_recalibration_batches`` held,
+    non-augmented training batches (:mod:`recalibrate`); 0: as they are."""
+    if not recal_batches:
+      return variables
+    local, _ = held_batches(getattr(splits, 'train_eval', None) or
+                            splits.train, recal_batches, batch_size,
+                            seed=int(config.seed) * 1_000_003 + step,
+                            process_index=dp.process_index,
+                            process_count=dp.process_count)
+    images = normalize(dp.shard_held(local), mean, std)
+    return dp.replicate(recalibrate(model, variables, images))
 
   def save(step: int) -> None:
     run['widths'] = [int(w) for w in model.widths]
@@ -381,12 +397,16 @@ def train(config, workdir: str) -> dict:
                          process_index=dp.process_index,
                          process_count=dp.process_count)
     images, labels = dp.shard_held(local)
-    ctx = PruneContext(step, model, state.variables, state.opt_state,
+    t0 = time.perf_counter()
+    variables = eval_variables(state.variables, step)
+    recal_seconds = time.perf_counter() - t0
+    ctx = PruneContext(step, model, variables, state.opt_state,
                        input_shape, normalize(images, mean, std), labels,
                        getattr(updater, 'epsilon', 0.0), stats_fn=stats_fn)
     t0 = time.perf_counter()
     keep = updater.choose_keep(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0,
+             'recalibrate_seconds': recal_seconds,
              'clock': time.perf_counter() - t_loop,
              'steps_before': len(step_times)}
     run['events'].append(event)
@@ -503,15 +523,21 @@ def train(config, workdir: str) -> dict:
           **updater.scalar_metrics(step)})
     if eval_every and (step + 1) % eval_every == 0:
       t0 = time.perf_counter()
-      acc = evaluate(model, state.variables, splits.test,
-                     int(config.get('eval_batch_size', 1000)), mean, std,
-                     dp)['accuracy']
+      record = {'step': step + 1, 'test_accuracy': evaluate(
+          model, eval_variables(state.variables, step + 1), splits.test,
+          int(config.get('eval_batch_size', 1000)), mean, std,
+          dp)['accuracy']}
+      if recal_batches:  # the same network with its moving averages
+        record['test_accuracy_running_stats'] = evaluate(
+            model, state.variables, splits.test,
+            int(config.get('eval_batch_size', 1000)), mean, std,
+            dp)['accuracy']
       eval_seconds += time.perf_counter() - t0
       # training wall time so far: steps, pruning and compiles, no evals
       clock = time.perf_counter() - t_loop - eval_seconds
-      run.setdefault('evals', []).append(
-          {'step': step + 1, 'train_clock_seconds': clock,
-           'test_accuracy': acc})
+      acc = record['test_accuracy']
+      record['train_clock_seconds'] = clock
+      run.setdefault('evals', []).append(record)
       writer.write(step, {'test_accuracy': acc, 'train_clock_seconds': clock})
     if checkpoint_every and (step + 1) % checkpoint_every == 0:
       save(step + 1)
@@ -530,8 +556,12 @@ def train(config, workdir: str) -> dict:
   train_seconds = time.perf_counter() - t_loop - eval_seconds
   save(num_steps)
   ckpt.close()
-  test = evaluate(model, state.variables, splits.test,
-                  int(config.get('eval_batch_size', 1000)), mean, std, dp)
+  test = evaluate(model, eval_variables(state.variables, num_steps),
+                  splits.test, int(config.get('eval_batch_size', 1000)), mean,
+                  std, dp)
+  if recal_batches:  # the same network with its moving averages
+    running = evaluate(model, state.variables, splits.test,
+                       int(config.get('eval_batch_size', 1000)), mean, std, dp)
 
   params_final = flops_lib.count_params(state.variables['params'])
   zeros = sum(int(np.sum(np.asarray(p) == 0))
@@ -545,6 +575,9 @@ def train(config, workdir: str) -> dict:
       'algorithm': config.sparsity_config.algorithm,
       'test_accuracy': test['accuracy'],
       'test_loss': test['loss'],
+      **({'test_accuracy_running_stats': running['accuracy'],
+          'test_loss_running_stats': running['loss']} if recal_batches
+         else {}),
       'final_train_loss': loss,
       'params_initial': run['params_initial'],
       'params_final': params_final,
