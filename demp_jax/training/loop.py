@@ -398,7 +398,7 @@ def train(config, workdir: str) -> dict:
                          process_count=dp.process_count)
     images, labels = dp.shard_held(local)
     t0 = time.perf_counter()
-    variables = eval_variables(state.variables, step)
+    variables = jax.block_until_ready(eval_variables(state.variables, step))
     recal_seconds = time.perf_counter() - t0
     ctx = PruneContext(step, model, variables, state.opt_state,
                        input_shape, normalize(images, mean, std), labels,
