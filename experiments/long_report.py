@@ -249,6 +249,9 @@ def write_report(sweep: str, out: str) -> str:
       json.dump(records, f, indent=1)
     lines += ['## Test accuracy during training (collapse runs)', '',
               *collapse_table(records), '']
+    lines += [f'{n}: final test accuracy {r["test_accuracy"]:.4f}, neuron '
+              f'sparsity {r["neuron_sparsity"]:.3f}' for n, r in
+              sorted(records.items())] + ['']
   path = os.path.join(out, 'report.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines))

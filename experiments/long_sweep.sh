@@ -17,7 +17,8 @@
 #              averages and with recalibrated BatchNorm statistics
 #   main/      every method on configs/fashion_mnist_demp_long.py
 #   abl_*/     DemP at LAMBDA with one setting changed (each its own config,
-#              so its own tradeoff OUT); the base rows are main/'s
+#              so its own tradeoff OUT); the base rows are main/'s;
+#              abl_recal/ also holds DemP's whole grid with recalibration
 #   bench_train/  time to accuracy, DemP at LAMBDA against dense (its wall
 #              times mean something only on a quiet machine)
 set -euo pipefail
@@ -25,11 +26,12 @@ OUT=${1:-runs/long16}
 PY=${PYTHON:-python}
 export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}
 CONFIG=configs/fashion_mnist_demp_long.py
-# DemP's penalty peak: the calibration grid (seed 0), LAMBDA near neuron
-# sparsity 0.8 (the ablations and the third seed), the main grid.
+# DemP's penalty peak: the calibration grid (seed 0: neuron sparsity 0.575,
+# 0.775, 0.835), LAMBDA near 0.8 (the ablations and the third seed), and
+# the main grid, placed from the calibration to cover 0.7-0.9.
 CALIBRATION=0.003,0.01,0.03
 LAMBDA=0.01
-DEMP_GRID=0.003,0.01,0.03
+DEMP_GRID=0.003,0.006,0.01,0.03,0.06,0.1
 UNITS=0.6,0.7,0.8,0.9  # the baselines' target neuron sparsities
 BASELINES=network_slimming,snap,structured_magnitude
 
@@ -82,17 +84,24 @@ for seed in 0 1; do
     --methods demp --grid "demp=$LAMBDA" --seeds $seed
 done
 
-# 4. The baselines and the dense run: 2 seeds, a third at 0.8.
+# 4. The baselines and the dense run: 2 seeds.
 # shellcheck disable=SC2046
 sweep main --methods "no_prune,$BASELINES" $(grids "$UNITS") --seeds 0,1
+
+# 5. DemP's points: 2 seeds, as the reference (moving averages), then with
+#    recalibrated BatchNorm statistics.
+sweep main --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
+sweep abl_recal --set bn_recalibration_batches=16 \
+  --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
+
+# 6. The third seed near 0.8, every method.
 # shellcheck disable=SC2046
 sweep main --methods "no_prune,$BASELINES" $(grids 0.8) --seeds 2
-
-# 5. DemP's points: 2 seeds, a third near 0.8.
-sweep main --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
 sweep main --methods demp --grid "demp=$LAMBDA" --seeds 2
+sweep abl_recal --set bn_recalibration_batches=16 \
+  --methods demp --grid "demp=$LAMBDA" --seeds 2
 
-# 6. Time to accuracy (wall times: only on a quiet machine).
+# 7. Time to accuracy (wall times: only on a quiet machine).
 if [ ! -f "$OUT/bench_train/bench_train.json" ]; then
   rm -rf "$OUT/bench_train"
   mkdir -p "$OUT/bench_train"
