@@ -127,8 +127,8 @@ def matched_table(groups: dict, matched: Sequence[float] = MATCHED
       if m is None:
         cells.append('-')
         continue
-      sds = [0.0 if np.isnan(p[2]) else p[2] for p in pts]
-      cells.append(_pm(m, float(np.interp(x, xs, sds))))
+      # NaN (a single seed) at either neighbour: no spread shown
+      cells.append(_pm(m, float(np.interp(x, xs, [p[2] for p in pts]))))
     ns = sorted({p[3] for p in pts})
     seeds = f'{ns[0]}-{ns[-1]}' if len(ns) > 1 else f'{ns[0]}'
     lines.append(f'| {method} | {seeds} | ' + ' | '.join(cells) + ' |')
