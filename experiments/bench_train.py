@@ -1,16 +1,19 @@
 """DemP against the dense reference: same steps, same data, time to accuracy.
 
     python -m experiments.bench_train --config configs/fashion_mnist_demp.py \
-        --out runs/bench_train.json [--target 0.88] [--eval_every 100]
+        --out runs/bench_train.json [--target 0.88] [--eval_every 100] \
+        [--dense_margin 0.01]
 
 Runs the config twice (``algorithm`` as configured, then ``no_prune``),
 each evaluating on the test split every ``eval_every`` steps, and writes
 JSON with, per run: total training wall time with compile time reported
 apart, final test accuracy, the training time (steps, pruning and
-compiles, evaluations excluded) at which each first reached ``target``,
-and for every physical shrink the wall time it added (surgery, the part of
-the compile not hidden behind training, the swap) against the time between
-its pruning event and the next.
+compiles, evaluations excluded) at which each first reached ``target`` and
+the dense run's final accuracy minus ``dense_margin``
+(``time_to_dense_final``), for every physical shrink the wall time it added
+(surgery, the part of the compile not hidden behind training, the swap)
+against the time between its pruning event and the next, and
+:func:`phases`: what bounds the pruned run's time to accuracy.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
 _TARGET = flags.DEFINE_float('target', 0.88, 'Target test accuracy.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'Steps between evals.')
+_DENSE_MARGIN = flags.DEFINE_float(
+    'dense_margin', 0.01, 'time_to_dense_final: the time to reach the dense '
+    'run\'s final test accuracy minus this.')
 flags.mark_flags_as_required(['config', 'out'])
 
 
@@ -39,18 +45,61 @@ def time_to(evals: list[dict], target: float):
   return None
 
 
+def phases(summary: dict, dense_evals: list[dict]) -> dict:
+  """What bounds a pruned run's time to accuracy, from its summary.
+
+  * ``dense_phase``: the step and training clock of the first pruning event
+    that removed a unit (every step before it ran at full width);
+  * ``death_check_seconds`` / ``recalibrate_seconds``: the passes at the
+    pruning events; ``shrink_overhead_seconds``: the wall time the shrinks
+    added (:func:`demp_jax.training.loop.shrink_overhead`);
+  * ``step_seconds_first`` / ``last``: median step time in the first and
+    last tenth;
+  * ``accuracy_dip``: the lowest test accuracy after the first evaluation
+    that reached 0.5 (the penalty's dip), its step, and the dense run's
+    accuracy at the same step.
+  """
+  units = summary['units_initial']
+  first = next((e for e in summary['pruning_events']
+                if sum(e.get('live_units', {}).values() or [units]) < units),
+               None)
+  evals = summary['evals']
+  start = next((i for i, e in enumerate(evals) if e['test_accuracy'] >= 0.5),
+               None)
+  dip = None
+  if start is not None:
+    low = min(evals[start:], key=lambda e: e['test_accuracy'])
+    dense_at = {e['step']: e['test_accuracy'] for e in dense_evals}
+    dip = {'step': low['step'], 'test_accuracy': low['test_accuracy'],
+           'dense_test_accuracy': dense_at.get(low['step'])}
+  return {
+      'dense_phase': None if first is None else {
+          'step': first['step'], 'train_seconds': first['clock']},
+      'death_check_seconds': sum(e.get('decide_seconds', 0.0)
+                                 for e in summary['pruning_events']),
+      'recalibrate_seconds': sum(e.get('recalibrate_seconds', 0.0)
+                                 for e in summary['pruning_events']),
+      'shrink_overhead_seconds': sum(e['overhead_seconds']
+                                     for e in summary['shrink_overhead']),
+      'step_seconds_first': summary['step_seconds_first'],
+      'step_seconds_last': summary['step_seconds_last'],
+      'accuracy_dip': dip,
+  }
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   base = os.path.splitext(os.path.abspath(_OUT.value))[0]
   out = {'machine': machine(), 'env': runtime_env(),
          'target_accuracy': _TARGET.value, 'runs': {}}
+  summaries = {}
   for algorithm in (_CONFIG.value.sparsity_config.algorithm, 'no_prune'):
     config = _CONFIG.value.copy_and_resolve_references()
     config.unlock()
     config.sparsity_config.algorithm = algorithm
     config.eval_every = _EVAL_EVERY.value
-    s = loop.train(config, f'{base}_{algorithm}')
+    s = summaries[algorithm] = loop.train(config, f'{base}_{algorithm}')
     out['runs'][algorithm] = {
         'test_accuracy': s['test_accuracy'],
         'total_seconds': s['total_seconds'],
@@ -72,6 +121,17 @@ def main(argv):
     }
   r = out['runs']
   names = list(r)
+  dense = summaries['no_prune']
+  out['dense_final_target'] = dense['test_accuracy'] - _DENSE_MARGIN.value
+  for name, s in summaries.items():
+    r[name]['time_to_dense_final'] = time_to(s['evals'],
+                                             out['dense_final_target'])
+  if names[0] != 'no_prune':
+    r[names[0]]['phases'] = phases(summaries[names[0]], dense['evals'])
+    reached = r[names[0]]['time_to_dense_final']
+    out['time_to_dense_final_over_dense_train_seconds'] = (
+        None if reached is None else
+        reached['train_seconds'] / r['no_prune']['train_seconds'])
   out['speedup_train_seconds'] = (r['no_prune']['train_seconds'] /
                                   r[names[0]]['train_seconds'])
   with open(_OUT.value, 'w') as f:

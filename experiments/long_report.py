@@ -1,0 +1,274 @@
+"""Tables of the long-horizon sweep (issue 16): mean and spread over seeds.
+
+    python -m experiments.long_report --sweep runs/long16 \
+        --out results/long_fmnist_cnn
+
+``--sweep`` is the OUT of ``experiments/long_sweep.sh``: one
+``experiments.tradeoff`` directory per part (``main``: every method on the
+base config; ``abl_*``: DemP with one setting changed) and ``collapse/``
+(single runs evaluated every 50 steps). Writes, under ``--out``, each
+part's ``results.jsonl`` as ``<part>.jsonl``, the collapse runs' evaluation
+records as ``collapse.json`` and ``report.md``:
+
+* every (method, knob): the number of seeds ``n``, test accuracy and neuron
+  sparsity as mean ± sample standard deviation (``ddof=1``; none for n=1);
+* each method's accuracy at matched neuron sparsities: the per-knob means
+  (and standard deviations) interpolated linearly between the method's own
+  points, never extrapolated;
+* the ablations: DemP with one setting changed against the base rows at the
+  same ``reg_peak`` and seeds;
+* the collapse: test accuracy with the moving averages and with
+  recalibrated BatchNorm statistics on the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from typing import Optional, Sequence
+
+import numpy as np
+
+from experiments.tradeoff import RESULTS, accuracy_at, read_rows
+
+MATCHED = (0.7, 0.8, 0.9)
+ABLATIONS = {  # part -> what differs from the base config
+    'abl_recal': 'BatchNorm statistics recalibrated (16 x 128 held batches) '
+                 'before every death check and evaluation',
+    'abl_l2': 'L2 penalty on the scales instead of L1',
+    'abl_sgd': 'SGD with momentum 0.9 (lr 0.1, one-cycle) instead of AdamW',
+    'abl_nonoise': 'no noise (noise_peak 0)',
+    'abl_death_all': 'death check on the whole training split (468 x 128) '
+                     'instead of 2,048 examples',
+    'abl_nofold': 'constant folding off (only exactly dead units removed)',
+}
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+  v = np.asarray(values, float)
+  sd = float(np.std(v, ddof=1)) if len(v) > 1 else float('nan')
+  return float(np.mean(v)), sd, len(v)
+
+
+def _pm(mean: float, sd: float, digits: int = 4) -> str:
+  if np.isnan(sd):
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} ± {sd:.{digits}f}'
+
+
+def group(rows: list[dict]) -> dict[tuple, dict]:
+  """``{(method, knob): {'acc': (mean, sd, n), 'units': ..., 'params': ...,
+  'seeds': [...]}}`` over the finished rows (failed and collapsed-to-NaN
+  rows are counted in ``bad``)."""
+  out: dict = {}
+  for r in rows:
+    g = out.setdefault((r['method'], r.get('knob')),
+                       {'rows': [], 'bad': 0})
+    if r.get('status') == 'ok':
+      g['rows'].append(r)
+    else:
+      g['bad'] += 1
+  for g in out.values():
+    rs = g.pop('rows')
+    g['seeds'] = sorted(r['seed'] for r in rs)
+    if rs:
+      g['acc'] = _stats([r['test_accuracy'] for r in rs])
+      g['units'] = _stats([r['neuron_sparsity'] for r in rs])
+      g['params'] = _stats([r['param_sparsity'] for r in rs])
+  return out
+
+
+def _knob(method: str, knob) -> str:
+  if knob is None:
+    return ''
+  return f'reg_peak={knob:g}' if method.startswith('demp') else \
+      f'sparsity={knob:g}'
+
+
+def points_table(groups: dict) -> list[str]:
+  lines = ['| method | knob | n | test accuracy | neuron sparsity | '
+           'param sparsity |', '|---|---|---|---|---|---|']
+  key = lambda kv: (kv[0][0], kv[1].get('units', (0,))[0])
+  for (method, knob), g in sorted(groups.items(), key=key):
+    if 'acc' not in g:
+      lines.append(f'| {method} | {_knob(method, knob)} | 0 | failed '
+                   f'({g["bad"]}) | | |')
+      continue
+    lines.append(
+        f'| {method} | {_knob(method, knob)} | {g["acc"][2]} | '
+        f'{_pm(*g["acc"][:2])} | {_pm(*g["units"][:2], digits=3)} | '
+        f'{g["params"][0]:.3f} |')
+  return lines
+
+
+def matched_table(groups: dict, matched: Sequence[float] = MATCHED
+                  ) -> list[str]:
+  """Accuracy at matched neuron sparsities, interpolated between each
+  method's per-knob means (sd interpolated the same way)."""
+  curves: dict = {}
+  for (method, knob), g in groups.items():
+    if 'acc' in g and knob is not None:
+      curves.setdefault(method, []).append(
+          (g['units'][0], g['acc'][0], g['acc'][1], g['acc'][2]))
+  lines = ['| method | seeds per point | ' + ' | '.join(
+      f'acc. at {x:g}' for x in matched) + ' |',
+           '|---|---|' + '---|' * len(matched)]
+  dense = groups.get(('no_prune', None))
+  if dense and 'acc' in dense:
+    lines.append(f'| dense (no_prune) | {dense["acc"][2]} | ' + ' | '.join(
+        [_pm(*dense['acc'][:2])] * len(matched)) + ' |')
+  for method, pts in sorted(curves.items()):
+    pts.sort()
+    xs = [p[0] for p in pts]
+    cells = []
+    for x in matched:
+      m = accuracy_at(xs, [p[1] for p in pts], x)
+      if m is None:
+        cells.append('-')
+        continue
+      # NaN (a single seed) at either neighbour: no spread shown
+      cells.append(_pm(m, float(np.interp(x, xs, [p[2] for p in pts]))))
+    ns = sorted({p[3] for p in pts})
+    seeds = f'{ns[0]}-{ns[-1]}' if len(ns) > 1 else f'{ns[0]}'
+    lines.append(f'| {method} | {seeds} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def ablation_table(base_rows: list[dict], parts: dict[str, list[dict]]
+                   ) -> list[str]:
+  """Each ablation part against the base DemP rows at the same reg_peak
+  and seeds (accuracy and sparsity deltas over the shared seeds)."""
+  base = {(r['knob'], r['seed']): r for r in base_rows
+          if r['method'] == 'demp' and r.get('status') == 'ok'}
+  lines = ['| variant | reg_peak | n | test accuracy | neuron sparsity | '
+           'base accuracy (same seeds) | base neuron sparsity | '
+           'Δ accuracy |', '|---|---|---|---|---|---|---|---|']
+  knobs = sorted({r['knob'] for rows in parts.values() for r in rows
+                  if r.get('status') == 'ok'})
+  for knob in knobs:
+    b = [r for (k, _), r in sorted(base.items()) if k == knob]
+    if b:
+      acc, units = _stats([r['test_accuracy'] for r in b]), _stats(
+          [r['neuron_sparsity'] for r in b])
+      lines.append(f'| base (L1, AdamW, noise 5e-5, 2,048-example check, '
+                   f'folding on, moving averages) | {knob:g} | {acc[2]} | '
+                   f'{_pm(*acc[:2])} | {_pm(*units[:2], digits=3)} | | | |')
+  for part, rows in sorted(parts.items()):
+    for knob in sorted({r['knob'] for r in rows}):
+      ok = [r for r in rows if r['knob'] == knob and r.get('status') == 'ok']
+      if not ok:
+        continue
+      acc = _stats([r['test_accuracy'] for r in ok])
+      units = _stats([r['neuron_sparsity'] for r in ok])
+      shared = [(r, base[(knob, r['seed'])]) for r in ok
+                if (knob, r['seed']) in base]
+      if shared:
+        b_acc = _stats([b['test_accuracy'] for _, b in shared])
+        b_units = _stats([b['neuron_sparsity'] for _, b in shared])
+        delta = _stats([r['test_accuracy'] - b['test_accuracy']
+                        for r, b in shared])
+        base_cells = (f'{_pm(*b_acc[:2])} | {_pm(*b_units[:2], digits=3)} | '
+                      f'{_pm(*delta[:2])}')
+      else:
+        base_cells = '- | - | -'
+      lines.append(f'| {ABLATIONS.get(part, part)} | {knob:g} | {acc[2]} | '
+                   f'{_pm(*acc[:2])} | {_pm(*units[:2], digits=3)} | '
+                   f'{base_cells} |')
+  return lines
+
+
+def collapse_records(sweep: str) -> dict[str, list[dict]]:
+  """``{run name: [{'step', 'test_accuracy', ...}]}`` of the single runs
+  under ``sweep/collapse`` that finished."""
+  root = os.path.join(sweep, 'collapse')
+  out = {}
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    path = os.path.join(root, name, 'summary.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        s = json.load(f)
+      out[name] = {'evals': s['evals'], 'test_accuracy': s['test_accuracy'],
+                   'neuron_sparsity': s['neuron_sparsity'],
+                   'test_accuracy_running_stats': s.get(
+                       'test_accuracy_running_stats'),
+                   'live_units': [
+                       {'step': e['step'],
+                        'live': sum(e.get('live_units', {}).values())}
+                       for e in s['pruning_events'] if 'live_units' in e]}
+  return out
+
+
+def collapse_table(records: dict) -> list[str]:
+  """One row per evaluation step; per run its test accuracy (recalibrated
+  statistics when the run recalibrates) and, for those, the same network
+  with its moving averages."""
+  cols = []  # (header, run name, eval key)
+  for n in sorted(records):
+    evals = records[n]['evals']
+    if any('test_accuracy_running_stats' in e for e in evals):
+      cols += [(f'{n}: recalibrated', n, 'test_accuracy'),
+               (f'{n}: moving averages', n, 'test_accuracy_running_stats')]
+    else:
+      cols.append((f'{n}: moving averages', n, 'test_accuracy'))
+  if not cols:
+    return []
+  steps = sorted({e['step'] for r in records.values() for e in r['evals']})
+  lines = ['| step | ' + ' | '.join(c[0] for c in cols) + ' |',
+           '|---|' + '---|' * len(cols)]
+  for step in steps:
+    cells = []
+    for _, n, key in cols:
+      e = next((e for e in records[n]['evals'] if e['step'] == step), {})
+      cells.append(f'{e[key]:.4f}' if key in e else '-')
+    lines.append(f'| {step} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def write_report(sweep: str, out: str) -> str:
+  """Copies the rows and writes ``out/report.md``; returns its path."""
+  os.makedirs(out, exist_ok=True)
+  parts = {}
+  for name in sorted(os.listdir(sweep)):
+    if os.path.exists(os.path.join(sweep, name, RESULTS)):
+      parts[name] = read_rows(os.path.join(sweep, name))
+      shutil.copyfile(os.path.join(sweep, name, RESULTS),
+                      os.path.join(out, f'{name}.jsonl'))
+  main = parts.pop('main', [])
+  groups = group(main)
+  lines = ['# Long-horizon sweep (issue 16): generated by '
+           '`python -m experiments.long_report`', '',
+           '## Every point (mean ± sd over n seeds)', '',
+           *points_table(groups), '',
+           '## Accuracy at matched neuron sparsity', '',
+           *matched_table(groups), '', '## Ablations', '',
+           *ablation_table(main, parts), '']
+  records = collapse_records(sweep)
+  if records:
+    with open(os.path.join(out, 'collapse.json'), 'w') as f:
+      json.dump(records, f, indent=1)
+    lines += ['## Test accuracy during training (collapse runs)', '',
+              *collapse_table(records), '']
+    lines += [f'{n}: final test accuracy {r["test_accuracy"]:.4f}, neuron '
+              f'sparsity {r["neuron_sparsity"]:.3f}' for n, r in
+              sorted(records.items())] + ['']
+  path = os.path.join(out, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(prog='python -m experiments.long_report',
+                              description=__doc__.split('\n\n')[0])
+  p.add_argument('--sweep', required=True, help='the sweep OUT directory')
+  p.add_argument('--out', required=True, help='where to write the report')
+  args = p.parse_args(argv)
+  if not os.path.isdir(args.sweep):
+    p.error(f'--sweep {args.sweep!r} is not a directory')
+  print(write_report(args.sweep, args.out))
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Issue 16's long-horizon sweep on the real Fashion-MNIST (the README's
+# "Longer horizon" section): every run its tables come from, one training
+# process at a time, in the order that answers the most first.
+#
+#   nohup nice -n 19 experiments/long_sweep.sh runs/long16 \
+#       > runs/long16/sweep.log 2>&1 &
+#   python -m experiments.long_report --sweep runs/long16 \
+#       --out results/long_fmnist_cnn      # tables of what has finished
+#
+# Resumable: experiments.tradeoff skips the rows already in each part's
+# results.jsonl (an unfinished run restarts from an empty workdir) and the
+# single runs are skipped once their summary.json exists, so running the
+# same command again continues where it stopped. Parts (OUT/<part>):
+#
+#   collapse/  the 3-epoch demo evaluated every 50 steps, with the moving
+#              averages and with recalibrated BatchNorm statistics
+#   main/      every method on configs/fashion_mnist_demp_long.py
+#   abl_*/     DemP at LAMBDA with one setting changed (each its own config,
+#              so its own tradeoff OUT); the base rows are main/'s;
+#              abl_recal/ also holds DemP's whole grid with recalibration
+#   bench_train/  time to accuracy, DemP at LAMBDA against dense (its wall
+#              times mean something only on a quiet machine)
+set -euo pipefail
+OUT=${1:-runs/long16}
+PY=${PYTHON:-python}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}
+CONFIG=configs/fashion_mnist_demp_long.py
+# DemP's penalty peak: the calibration grid (seed 0: neuron sparsity 0.575,
+# 0.775, 0.835), LAMBDA near 0.8 (the ablations and the third seed), and
+# the main grid, placed from the calibration to cover 0.7-0.9.
+CALIBRATION=0.003,0.01,0.03
+LAMBDA=0.01
+DEMP_GRID=0.003,0.006,0.01,0.03,0.06,0.1
+UNITS=0.6,0.7,0.8,0.9  # the baselines' target neuron sparsities
+BASELINES=network_slimming,snap,structured_magnitude
+
+sweep() {  # PART [experiments.tradeoff options]
+  local part=$1
+  shift
+  "$PY" -m experiments.tradeoff --config "$CONFIG" --out "$OUT/$part" \
+    --no-plots "$@"
+}
+
+single() {  # WORKDIR [experiments.train options]
+  local dir=$1
+  shift
+  if [ -f "$dir/summary.json" ]; then return 0; fi
+  rm -rf "$dir"
+  "$PY" -m experiments.train --config "$CONFIG" --workdir "$dir" \
+    --config.progress=False "$@"
+}
+
+grids() {  # KNOBS: --grid METHOD=KNOBS for every baseline
+  local m
+  for m in ${BASELINES//,/ }; do printf -- '--grid %s=%s ' "$m" "$1"; done
+}
+
+# 1. The 3-epoch collapse: the demo, evaluated every 50 steps.
+for b in 0 16; do
+  single "$OUT/collapse/demo_recal$b" --config.num_steps=1400 \
+    --config.sparsity_config.prune_every=200 \
+    --config.sparsity_config.reg_peak=0.05 --config.log_every=50 \
+    --config.eval_every=50 --config.bn_recalibration_batches=$b
+done
+
+# 2. Where DemP's sparsity lands at this horizon.
+sweep main --methods demp --grid "demp=$CALIBRATION" --seeds 0
+
+# 3. The fidelity ablations at LAMBDA, every variant's seed 0 first.
+for seed in 0 1; do
+  sweep main --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_recal --set bn_recalibration_batches=16 \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_l2 --set sparsity_config.regularizer=l2 \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_sgd --set optimizer.name=sgd --set optimizer.learning_rate=0.1 \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_nonoise --set sparsity_config.noise_peak=0.0 \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_death_all --set sparsity_config.death_batches=468 \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+  sweep abl_nofold --set sparsity_config.fold_constants=False \
+    --methods demp --grid "demp=$LAMBDA" --seeds $seed
+done
+
+# 4. The baselines and the dense run: 2 seeds.
+# shellcheck disable=SC2046
+sweep main --methods "no_prune,$BASELINES" $(grids "$UNITS") --seeds 0,1
+
+# 5. DemP's points: 2 seeds, as the reference (moving averages), then with
+#    recalibrated BatchNorm statistics.
+sweep main --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
+sweep abl_recal --set bn_recalibration_batches=16 \
+  --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
+
+# 6. The third seed near 0.8, every method.
+# shellcheck disable=SC2046
+sweep main --methods "no_prune,$BASELINES" $(grids 0.8) --seeds 2
+sweep main --methods demp --grid "demp=$LAMBDA" --seeds 2
+sweep abl_recal --set bn_recalibration_batches=16 \
+  --methods demp --grid "demp=$LAMBDA" --seeds 2
+
+# 7. Time to accuracy (wall times: only on a quiet machine).
+if [ ! -f "$OUT/bench_train/bench_train.json" ]; then
+  rm -rf "$OUT/bench_train"
+  mkdir -p "$OUT/bench_train"
+  "$PY" -m experiments.bench_train --config "$CONFIG" \
+    --config.sparsity_config.reg_peak=$LAMBDA --config.progress=False \
+    --eval_every 234 --out "$OUT/bench_train/bench_train.json"
+fi
+# the plots and table.md of the main part
+"$PY" -m experiments.tradeoff --config "$CONFIG" --out "$OUT/main" \
+  --methods "no_prune,demp,$BASELINES" --grid "demp=$DEMP_GRID" \
+  $(grids "$UNITS") --seeds 0,1
