@@ -85,6 +85,15 @@ def sizes_from_params(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
+def _momentum_zero(next_fun, args, kwargs, context):
+  """Linen interceptor: every ``BatchNorm`` replaces its running statistics
+  by the batch's (momentum 0)."""
+  if context.method_name == '__call__' and isinstance(context.module,
+                                                       nn.BatchNorm):
+    object.__setattr__(context.module, 'momentum', 0.0)
+  return next_fun(*args, **kwargs)
+
+
 def _mode_arg(fn: Callable) -> Optional[str]:
   try:
     params = inspect.signature(fn).parameters
@@ -172,7 +181,7 @@ class Net:
       graphdef, *states = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
       variables, keys = {}, []
       for name, state in zip(('params', 'batch_stats', 'nnx'), states):
-        pure, k = _str_keys(state.to_pure_dict())
+        pure, k = _str_keys(nnx.to_pure_dict(state))
         if pure:
           variables[name] = pure
           keys.append((name, k))
@@ -283,7 +292,7 @@ class Net:
   def _apply_nnx(self, variables, x, train, mutable):
     from flax import nnx  # pylint: disable=g-import-not-at-top
     keys = dict(self.nnx_keys)
-    states = [nnx.State(_restore_keys(variables[c], keys[c]))
+    states = [_restore_keys(variables[c], keys[c])
               for c in ('params', 'batch_stats', 'nnx') if c in keys]
     module = nnx.merge(self.module, *states)
     if train:
@@ -300,8 +309,33 @@ class Net:
     for name, state in zip(('params', 'batch_stats', 'nnx'), new):
       if name in keys and name != 'params' and (mutable is True or
                                                  name in mutable):
-        out[name] = _str_keys(state.to_pure_dict())[0]
+        out[name] = _str_keys(nnx.to_pure_dict(state))[0]
     return y, out
+
+  def batch_statistics(self, variables: Mapping[str, Any], x: jax.Array
+                       ) -> dict:
+    """``batch_stats`` as one train-mode forward on ``x`` sets them with a
+    momentum of 0: every BatchNorm's mean and (biased) variance of its
+    input on this batch (earlier norms normalising with their own batch
+    statistics, as in training). ``{}`` without BatchNorm."""
+    if 'batch_stats' not in variables:
+      return {}
+    if not self.is_nnx:
+      with nn.intercept_methods(_momentum_zero):
+        _, new = self.apply(variables, x, train=True,
+                            mutable=['batch_stats'])
+      return _unfreeze(new['batch_stats'])
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    module = self.module_at(variables)
+    module.train()
+    for _, m in nnx.iter_graph(module):
+      if isinstance(m, nnx.BatchNorm):
+        m.momentum = 0.0
+    kwargs = {self.mode_arg: _MODE_ARGS[self.mode_arg]} if (
+        self.mode_arg) else {}
+    module(x, **kwargs)
+    _, stats, _ = nnx.split(module, nnx.BatchStat, ...)
+    return _str_keys(nnx.to_pure_dict(stats))[0]
 
   def _eval_fn(self, variables, x):
     return self.apply(variables, x, train=False)
@@ -395,7 +429,7 @@ class Net:
       return self.module
     from flax import nnx  # pylint: disable=g-import-not-at-top
     keys = dict(self.nnx_keys)
-    states = [nnx.State(_restore_keys(variables[c], keys[c]))
+    states = [_restore_keys(variables[c], keys[c])
               for c in ('params', 'batch_stats', 'nnx') if c in keys]
     return nnx.merge(self.module, *states)
 

@@ -37,6 +37,7 @@ from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import optim
 from demp_jax.training import parallel
 from demp_jax.training.options import TrainOptions
+from demp_jax.training.recalibrate import EvalView
 from demp_jax.training.record import RunRecord
 from demp_jax.training.shrink import ShrinkController
 from demp_jax.training.validate import validate_config
@@ -126,6 +127,25 @@ def evaluate(model, variables, ds, batch_size, mean, std,
     correct += float(c)
     loss += float(l)
   return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
+
+
+def evaluate_test(view: EvalView, splits: Any, opts: TrainOptions,
+                  dp: parallel.DataParallel, model: Net, variables: dict,
+                  step: int) -> dict:
+  """``test_accuracy`` and ``test_loss`` of the network the view shows at
+  ``step``; when it recalibrates the BatchNorm statistics, also
+  ``test_accuracy_running_stats`` and ``test_loss_running_stats``, the same
+  network with its moving averages."""
+  run = functools.partial(evaluate, model, ds=splits.test,
+                          batch_size=opts.eval_batch_size, mean=splits.mean,
+                          std=splits.std, dp=dp)
+  seen = run(view(model, variables, step))
+  out = {'test_accuracy': seen['accuracy'], 'test_loss': seen['loss']}
+  if view:
+    own = run(variables)
+    out.update(test_accuracy_running_stats=own['accuracy'],
+               test_loss_running_stats=own['loss'])
+  return out
 
 
 class TrainClock:
@@ -236,13 +256,19 @@ def train(config, workdir: str) -> dict:
     compiler = Compiler(make_step(setup, opts.label_smoothing), sample)
     clock = TrainClock(record.train_seconds)
     checkpoint = functools.partial(save, ckpt, setup.model_config, record)
+    view = EvalView(opts.bn_recalibration_batches, lambda step: (
+        held_lib.draw_held(held_lib.split_source(splits, 'train', 'train'),
+                           opts.bn_recalibration_batches, opts.batch_size,
+                           seed * 1_000_003 + step, dp, splits.mean,
+                           splits.std).images))
+    test_of = functools.partial(evaluate_test, view, splits, opts, dp)
     shrinker = ShrinkController(
         model=model, updater=setup.updater, record=record,
         step=compiler(model, state), compiler=compiler, save=checkpoint,
         draw=held_lib.EventProbes(splits, seed, dp),
         clock=clock, tx=setup.tx, dp=dp,
         round_widths_to=opts.round_widths_to, shrink_delay=opts.shrink_delay,
-        num_steps=opts.num_steps)
+        num_steps=opts.num_steps, view=view)
     stack.callback(shrinker.close)
     shrinker.resume(state)
     batches = stack.enter_context(contextlib.closing(prefetch(
@@ -272,12 +298,10 @@ def train(config, workdir: str) -> dict:
             **shrinker.updater.scalar_metrics(step)})
       if opts.eval_every and (step + 1) % opts.eval_every == 0:
         with clock.paused():
-          acc = evaluate(shrinker.model, state.variables, splits.test,
-                         opts.eval_batch_size, splits.mean, splits.std,
-                         dp)['accuracy']
+          test = test_of(shrinker.model, state.variables, step + 1)
         record.evals.append({'step': step + 1, 'train_clock_seconds': clock(),
-                             'test_accuracy': acc})
-        writer.write(step, {'test_accuracy': acc,
+                             **test})
+        writer.write(step, {'test_accuracy': test['test_accuracy'],
                             'train_clock_seconds': clock()})
       if opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
         record.train_seconds = clock()
@@ -290,8 +314,7 @@ def train(config, workdir: str) -> dict:
     state = shrinker.finish(opts.num_steps, state, start < opts.num_steps)
     record.train_seconds = clock()
     checkpoint(opts.num_steps, state)
-  test = evaluate(shrinker.model, state.variables, splits.test,
-                  opts.eval_batch_size, splits.mean, splits.std, dp)
+  test = test_of(shrinker.model, state.variables, opts.num_steps)
   summary = summarize(config, record, shrinker, state, setup.input_shape,
                       test, start, time.perf_counter() - t_start, compiler)
   if dp.process_index == 0:
@@ -328,8 +351,7 @@ def summarize(config, record: RunRecord, shrinker: ShrinkController,
   summary = {
       'status': 'ok',
       'algorithm': config.sparsity_config.algorithm,
-      'test_accuracy': test['accuracy'],
-      'test_loss': test['loss'],
+      **test,
       'final_train_loss': record.final_train_loss,
       'params_initial': record.params_initial,
       'params_final': params_final,

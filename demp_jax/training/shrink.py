@@ -201,6 +201,9 @@ class ShrinkController:
     save: ``(step, state) -> None``: writes a checkpoint (after a swap).
     clock: ``() -> float``: the training clock, for the event records.
     tx, dp: the wrapped optimiser, the data parallelism.
+    view: ``(model, variables, step) -> variables`` the decisions see
+      (:class:`demp_jax.training.recalibrate.EvalView`; default: the
+      state's own).
     round_widths_to, shrink_delay, num_steps: the width bucket, the steps
       between a decision and its swap, the run's length.
   """
@@ -211,12 +214,14 @@ class ShrinkController:
                save: Callable[[int, TrainState], None],
                clock: Callable[[], float], tx: Any,
                dp: parallel.DataParallel, round_widths_to: int,
-               shrink_delay: int, num_steps: int):
+               shrink_delay: int, num_steps: int,
+               view: Callable[[Net, dict, int], dict] = (
+                   lambda model, variables, step: variables)):
     self.record = record
     self.step = step
     self.stats_fn: Optional[Callable] = None
     self._compiler, self._draw, self._save = compiler, draw, save
-    self._clock, self._tx, self._dp = clock, tx, dp
+    self._clock, self._tx, self._dp, self._view = clock, tx, dp, view
     self._round_to, self._delay, self._num_steps = (
         round_widths_to, shrink_delay, num_steps)
     self._job: Optional[BackgroundJob] = None
@@ -272,13 +277,18 @@ class ShrinkController:
       state = self.swap(step, state)  # decide on the network as it is
     spec = self.updater.probe
     held = self._draw(spec, step)
-    ctx = PruneContext(step, self.model, self.topology, state.variables,
+    t0 = time.perf_counter()
+    seen = self._view(self.model, state.variables, step)
+    recalibrate_seconds = time.perf_counter() - t0
+    ctx = PruneContext(step, self.model, self.topology, seen,
                        state.opt_state, held.images, held.labels,
                        spec.epsilon, stats_fn=self.stats_fn)
     t0 = time.perf_counter()
     decision = self.updater.decide(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0,
              'clock': self._clock(), 'steps_before': step}
+    if seen is not state.variables:
+      event['recalibrate_seconds'] = recalibrate_seconds
     self.record.events.append(event)
     if decision.masks is not None:
       state = TrainState(state.step, {

@@ -147,6 +147,7 @@ RULES: dict[str, Allowed] = {
     'round_widths_to': _COUNT,
     'shrink_delay': _COUNT0,
     'progress': FLAG,
+    'bn_recalibration_batches': _COUNT0,
     'distributed.num_processes': _COUNT,
     'distributed.process_id': _COUNT0,
     'distributed.coordinator_address': TEXT,
