@@ -28,16 +28,12 @@ def build_model(config: Mapping[str, Any]):
   """Builds a model from a config mapping with a ``name`` key: a built-in
   model (a key of :data:`MODELS`, the other keys its fields) or a user
   model ``'package.module:factory'`` (a zero-argument callable returning a
-  Linen or NNX module; the other keys must be absent, ``num_classes``
-  aside, which the factory fixes itself)."""
+  Linen or NNX module; it fixes its own sizes and classes, and the other
+  keys, the built-in model's fields, do not apply to it)."""
   cfg = dict(config)
   name = cfg.pop('name', None)
   if isinstance(name, str) and ':' in name:
     from demp_jax import net  # pylint: disable=g-import-not-at-top
-    extra = sorted(set(cfg) - {'num_classes'})
-    if extra:
-      raise ValueError(f'config.model has key(s) {extra} for the user model '
-                       f'{name!r}: a factory takes no arguments')
     return net.make_model(name)
   if name not in MODELS:
     raise ValueError(

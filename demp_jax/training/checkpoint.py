@@ -165,6 +165,9 @@ def checksums(state: Any) -> dict[str, int]:
   every process)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None),
+                             jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)  # NNX RNG streams: their key bits
     if getattr(leaf, 'is_fully_addressable', True):
       host = jax.device_get(leaf)
     elif getattr(leaf.sharding, 'is_fully_replicated', False):

@@ -70,7 +70,12 @@ def build(config, num_steps: int) -> Setup:
   splits = load_dataset(config.dataset)
   input_shape = tuple(splits.train.example_shape)
   model_cfg = dict(config.model)
-  if ':' not in str(model_cfg.get('name', '')):
+  if ':' in str(model_cfg.get('name', '')):  # a user model's factory
+    unused = sorted(set(model_cfg) - {'name'})
+    if unused and jax.process_index() == 0:
+      print(f'config.model: the user model {model_cfg["name"]} takes no '
+            f'settings; {", ".join(unused)} are not used', file=sys.stderr)
+  else:
     model_cfg.setdefault('num_classes', splits.num_classes)
   net, variables = Net.create(models.build_model(model_cfg), input_shape,
                               seed=int(config.seed))
