@@ -152,6 +152,9 @@ class Net:
       module has ``with_widths``).
     mode_arg: the Linen ``__call__`` argument that selects train mode.
     nnx_keys: NNX only: the original keys of each collection.
+    rng_keys: NNX only: ``((collection, path), impl)`` of every RNG key,
+      which ``variables`` hold as their raw ``uint32`` key data (so that
+      host copies, checkpoints and surgery see plain arrays).
     skipped: index spaces with non-linearities that are not unit groups,
       ``((description, reasons), ...)``.
   """
@@ -162,6 +165,7 @@ class Net:
   handwritten: bool = False
   mode_arg: Optional[str] = None
   nnx_keys: Any = None
+  rng_keys: tuple = ()
   skipped: tuple = dataclasses.field(default=(), compare=False)
 
   # ---- construction
@@ -185,9 +189,10 @@ class Net:
         if pure:
           variables[name] = pure
           keys.append((name, k))
+      variables, rng_keys = _key_data(variables)
       net = cls(graphdef, input_shape, _shapes(variables),
                 topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
-                nnx_keys=tuple(keys))
+                nnx_keys=tuple(keys), rng_keys=rng_keys)
     elif isinstance(model, nn.Module):
       mode = _mode_arg(model.__call__)
       make = functools.partial(_init_linen, model, input_shape, mode)
@@ -291,10 +296,7 @@ class Net:
 
   def _apply_nnx(self, variables, x, train, mutable):
     from flax import nnx  # pylint: disable=g-import-not-at-top
-    keys = dict(self.nnx_keys)
-    states = [_restore_keys(variables[c], keys[c])
-              for c in ('params', 'batch_stats', 'nnx') if c in keys]
-    module = nnx.merge(self.module, *states)
+    module = self.module_at(variables)
     if train:
       module.train()
     else:
@@ -306,11 +308,12 @@ class Net:
       return y
     _, *new = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     out = {}
+    keys = dict(self.nnx_keys)
     for name, state in zip(('params', 'batch_stats', 'nnx'), new):
       if name in keys and name != 'params' and (mutable is True or
                                                  name in mutable):
         out[name] = _str_keys(nnx.to_pure_dict(state))[0]
-    return y, out
+    return y, _key_data(out)[0]
 
   def batch_statistics(self, variables: Mapping[str, Any], x: jax.Array
                        ) -> dict:
@@ -429,12 +432,41 @@ class Net:
       return self.module
     from flax import nnx  # pylint: disable=g-import-not-at-top
     keys = dict(self.nnx_keys)
+    variables = _wrap_keys(variables, self.rng_keys)
     states = [_restore_keys(variables[c], keys[c])
               for c in ('params', 'batch_stats', 'nnx') if c in keys]
     return nnx.merge(self.module, *states)
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _key_data(variables: Mapping[str, Any]) -> tuple[dict, tuple]:
+  """Variables with every typed RNG key replaced by its ``uint32`` key
+  data, and ``((collection, path), impl)`` of those keys."""
+  found = []
+
+  def plain(path, leaf):
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype,
+                                                   jax.dtypes.prng_key):
+      keys = topo.key_path(path)
+      found.append(((keys[0], keys[1:]), str(jax.random.key_impl(leaf))))
+      return jax.random.key_data(leaf)
+    return leaf
+
+  out = jax.tree_util.tree_map_with_path(plain, dict(variables))
+  return out, tuple(found)
+
+
+def _wrap_keys(variables: Mapping[str, Any], rng_keys: tuple) -> dict:
+  """The inverse of :func:`_key_data`."""
+  out = dict(variables)
+  for key, impl in rng_keys:
+    leaf = topo.get_leaf(out, key)
+    if leaf is not None:
+      out = topo.set_leaf(out, key, jax.random.wrap_key_data(leaf, impl=impl))
+  return out
 
 
 def _unfreeze(tree):
