@@ -76,9 +76,8 @@ stop_gradient sharding_constraint optimization_barrier pvary mesh_cast
 """.split())
 
 # Value-preserving views of an axis: a constant unit stays that constant.
-_VIEWS = frozenset('reshape transpose broadcast_in_dim squeeze expand_dims '
-                   'convert_element_type copy copy_p sharding_constraint '
-                   'reduce_precision'.split())
+_VIEWS = frozenset('reshape transpose broadcast_in_dim squeeze slice pad '
+                   'rev'.split())
 
 _REDUCTIONS = frozenset('reduce_sum reduce_max reduce_min reduce_prod '
                         'reduce_and reduce_or reduce_xor argmax argmin'.split())
@@ -276,14 +275,18 @@ class _Analysis:
       self.put(v, _Info(tuple(dims), data, act, prov,
                         {**keep, v.id: 1.0} if act else keep))
 
-  def view(self, e: prog.Eqn, dims: tuple, axis_map: list) -> None:
-    """A structural op whose output axis ``j`` reads operand axis
-    ``axis_map[j]`` (None: a new axis)."""
+  def view(self, e: prog.Eqn, dims: list, axis_map: list) -> None:
+    """A structural op whose output axis ``j`` has space ``dims[j]`` and
+    reads operand axis ``axis_map[j]``: an int, a tuple of operand axes (a
+    merge) or None (a new axis). Constants at sites pass through views
+    (reshapes, transposes, slices, paddings)."""
     src = self.get(e.invars[0])
     prov = None
     if src.prov is not None:
-      prov = tuple(frozenset() if m is None else src.prov[m]
-                   for m in axis_map)
+      prov = tuple(
+          frozenset() if m is None else
+          frozenset().union(*(src.prov[a] for a in m)) if isinstance(m, tuple)
+          else src.prov[m] for m in axis_map)
     keep = dict(src.keep) if e.name in _VIEWS else {}
     self.put(e.outvars[0], _Info(tuple(dims), src.data, False, prov, keep))
 
@@ -333,7 +336,7 @@ class _Analysis:
     for n in e.params['new_sizes']:
       if n == 1:
         dims.append(self.s.new(1))
-        amap.append(-1)
+        amap.append(None)
         continue
       taken, prod, axes = [], 1, set()
       while prod < n and queue:
@@ -355,27 +358,8 @@ class _Analysis:
       if prod != n:
         return self._broken_reshape(e, src)
       dims.append(self.s.product(taken))
-      amap.append(axes.pop() if len(axes) == 1 else None)
-    out = self.get_or_view(e, src, dims, amap)
-    del out
-
-  def get_or_view(self, e, src, dims, amap):
-    prov = None
-    if src.prov is not None:
-      # a merged axis carries the provenance of every axis it merges
-      prov = []
-      for d, m in zip(dims, amap):
-        if m == -1:
-          prov.append(frozenset())
-        elif m is not None:
-          prov.append(src.prov[m])
-        else:
-          prov.append(frozenset().union(*src.prov) if src.prov else
-                      frozenset())
-      prov = tuple(prov)
-    info = _Info(tuple(dims), src.data, False, prov, dict(src.keep))
-    self.put(e.outvars[0], info)
-    return info
+      amap.append(axes.pop() if len(axes) == 1 else tuple(sorted(axes)))
+    self.view(e, dims, amap)
 
   def _broken_reshape(self, e, src):
     for d in src.dims:
@@ -434,7 +418,7 @@ class _Analysis:
         continue
       d = self._cut(e, src, a, lo, hi)
       dims.append(self.s.new(hi - lo) if d is None else d)
-    self.get_or_view(e, src, dims, list(range(len(dims))))
+    self.view(e, dims, list(range(len(dims))))
 
   def op_split(self, e):
     src = self.get(e.invars[0])
@@ -462,9 +446,9 @@ class _Analysis:
       else:
         self.s.freeze(d, f'pad at {e.where}')
         dims.append(self.s.new(e.outvars[0].shape[a]))
-    self.get_or_view(e, src, dims, list(range(len(dims))))
     # zero padding keeps constants away from the border only (like a
     # zero-padded conv): accepted, as for the convs themselves
+    self.view(e, dims, list(range(len(dims))))
 
   def op_rev(self, e):
     src = self.get(e.invars[0])
