@@ -30,7 +30,8 @@ class Arch(NamedTuple):
 
 
 def tiny_archs() -> dict[str, Arch]:
-  """Every built-in architecture at tiny widths and inputs."""
+  """Every built-in architecture at tiny widths (at least 3 units per group:
+  a derived Net only narrows, see :func:`random_model`) and inputs."""
   return {
       'mlp': Arch('mlp', lambda: models.MLP(widths=(5, 4), num_classes=3),
                   (3, 3, 1)),
@@ -38,7 +39,7 @@ def tiny_archs() -> dict[str, Arch]:
           conv_widths=(3, 4), dense_widths=(5,), pool_after=(0,),
           num_classes=3, conv_bias=True), (4, 4, 2)),
       'vgg16': Arch('vgg16', lambda: models.VGG16(
-          conv_widths=(2,) * 13, dense_widths=(3, 3), num_classes=3,
+          conv_widths=(3,) * 13, dense_widths=(3, 3), num_classes=3,
           last_conv_width=4), (32, 32, 3)),
       'resnet18': Arch('resnet18', lambda: models.ResNet18(
           base_width=2, num_classes=3, pool_size=None), (8, 8, 3)),
@@ -52,6 +53,7 @@ def tiny_archs() -> dict[str, Arch]:
   }
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_net(arch: str) -> Net:
   """The :class:`Net` of ``tiny_archs()[arch]`` at its base widths (shapes
   only: no variables are initialised)."""
