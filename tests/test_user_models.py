@@ -84,3 +84,75 @@ def test_nnx_module_after_surgery_has_its_new_sizes():
   x = jnp.ones((2,) + um.IMAGE)
   np.testing.assert_allclose(module(x), res.model.apply(res.variables, x),
                              rtol=1e-6)
+
+
+# ----------------------------------------------------------- the trainer
+
+
+def _tiny(**overrides):
+  from test_loop import tiny  # pylint: disable=g-import-not-at-top
+  return tiny(**overrides)
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize('factory, resume', [('make_net_linen', False),
+                                              ('make_net_nnx', True)])
+def test_trainer_shrinks_a_user_model_and_resumes_after_the_shrink(
+    tmp_path, monkeypatch, factory, resume):
+  """DemP on a user model by factory name; the NNX one (whose dropout RNG
+  stream the checkpoint carries) is also killed after its shrink and
+  resumed, ending bitwise where the straight run did."""
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  settings = {'model.name': f'user_models:{factory}',
+              'sparsity_config.epsilon': 1e12,   # every unit "dead"
+              'sparsity_config.min_width': 3, 'round_widths_to': 1,
+              'num_steps': 20, 'shrink_delay': 4, 'checkpoint_every': 2}
+  s = loop.train(_tiny(**settings), str(tmp_path / 'straight'))
+  assert s['params_final'] < s['params_initial']
+  assert set(s['widths_final'].values()) == {3}
+  shrinks = [e for e in s['pruning_events'] if 'swap_step' in e]
+  assert shrinks and all(e['max_masked_diff'] <= 1e-5 for e in shrinks)
+  assert s['flops_final'] < s['flops_initial']
+  if not resume:
+    return
+  # killed after the checkpoint that follows the swap at step 14
+  save = loop.ckpt_lib.Checkpointer.save
+
+  def save_then_die(self, step, state, meta):
+    save(self, step, state, meta)
+    if step == 16:
+      raise _Killed()
+
+  work = str(tmp_path / 'killed')
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save_then_die)
+  with pytest.raises(_Killed):
+    loop.train(_tiny(**settings), work)
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save)
+  r = loop.train(_tiny(**settings, resume=True), work)
+  assert r['resumed_from'] == 16 and r['widths_final'] == s['widths_final']
+  restore = lambda w: ocp.StandardCheckpointer().restore(
+      f'{w}/checkpoints/20/state')['variables']
+  for x, y in zip(jax.tree.leaves(restore(str(tmp_path / 'straight'))),
+                  jax.tree.leaves(restore(work))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_structured_baseline_prunes_a_user_model(tmp_path):
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  s = loop.train(_tiny(**{'model.name': 'user_models:make_net_linen',
+                          'sparsity_config.algorithm': 'snap',
+                          'num_steps': 6, 'shrink_delay': 0}),
+                 str(tmp_path))
+  # SNAP removes half of the units at step 0 (the default sparsity 0.5)
+  assert s['units_final'] <= s['units_initial'] // 2 + 8
+  assert s['params_final'] < s['params_initial']
