@@ -66,6 +66,7 @@ class Checkpointer:
     """Saves and waits; an existing step is replaced."""
     if step in self._mngr.all_steps():
       self._mngr.delete(step)
+    _require_savable(state)
     meta = {**meta, CHECKSUMS: checksums(state)}
     ok = self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
@@ -157,6 +158,18 @@ class Checkpointer:
 
   def close(self) -> None:
     self._mngr.close()
+
+
+def _require_savable(state: Any) -> None:
+  """A ``ValueError`` naming the first array orbax cannot save (zero size),
+  raised before orbax starts its threads: a save that fails inside orbax
+  leaves a thread waiting for a signal that never comes, which blocks the
+  interpreter's exit (orbax-checkpoint 0.12.8)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if hasattr(leaf, 'shape') and np.size(leaf) == 0:
+      raise ValueError(f'checkpoint: array {jax.tree_util.keystr(path)} has '
+                       f'shape {tuple(leaf.shape)}; orbax cannot save a '
+                       'zero-size array (a layer of width 0?)')
 
 
 def checksums(state: Any) -> dict[str, int]:
