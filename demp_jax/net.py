@@ -580,7 +580,12 @@ def load_factory(spec: str) -> Callable[[], Any]:
 
 def make_model(spec: str) -> Any:
   """Calls a user factory and checks that it returns a Flax model."""
-  model = load_factory(spec)()
+  factory = load_factory(spec)
+  try:
+    model = factory()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'config.model.name={spec!r}: the factory raised '
+                     f'{type(e).__name__}: {e}') from e
   if not (isinstance(model, nn.Module) or _is_nnx(model)):
     raise ModelError(f'config.model.name={spec!r} returned a '
                      f'{type(model).__name__}, not a flax.linen Module or a '
