@@ -48,21 +48,6 @@ from demp_jax import topology as topo
 from demp_jax.training import metrics
 from experiments.benchlib import machine, runtime_env
 
-_MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
-_INPUT = flags.DEFINE_list(
-    'input_shape', None, 'H,W,C of one example (default: 224,224,3 for '
-    'resnet50, else 32,32,3).')
-_DEAD = flags.DEFINE_float('dead', 0.5, 'Fraction of units removed.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Surgeries timed.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_COMPILE = flags.DEFINE_enum('compile', 'train_step',
-                             ['train_step', 'forward', 'none'],
-                             'What to compile after the surgery.')
-_COMPILE_BATCH = flags.DEFINE_integer('compile_batch', 2,
-                                      'Batch size of the compiled step.')
-_SET = flags.DEFINE_multi_string('set', [], 'Model field KEY=VALUE.')
-flags.mark_flags_as_required(['out'])
 
 
 def _literal(text: str) -> Any:
@@ -225,4 +210,21 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # flags only for the command line: the tests import this module
+  # beside the other benchmarks, which define --out too
+  _MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
+  _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
+  _INPUT = flags.DEFINE_list(
+      'input_shape', None, 'H,W,C of one example (default: 224,224,3 for '
+      'resnet50, else 32,32,3).')
+  _DEAD = flags.DEFINE_float('dead', 0.5, 'Fraction of units removed.')
+  _REPEATS = flags.DEFINE_integer('repeats', 3, 'Surgeries timed.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+  _COMPILE = flags.DEFINE_enum('compile', 'train_step',
+                               ['train_step', 'forward', 'none'],
+                               'What to compile after the surgery.')
+  _COMPILE_BATCH = flags.DEFINE_integer('compile_batch', 2,
+                                        'Batch size of the compiled step.')
+  _SET = flags.DEFINE_multi_string('set', [], 'Model field KEY=VALUE.')
+  flags.mark_flags_as_required(['out'])
   app.run(main)
