@@ -43,13 +43,6 @@ from demp_jax.training import optim
 from demp_jax.training.steps import Compiler, TrainState, make_train_step
 from experiments.benchlib import machine, runtime_env
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
-_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Steps per round and variant.')
-_KEEP = flags.DEFINE_list('keep', ['0.5', '0.25'], 'Keep fractions.')
-flags.mark_flags_as_required(['config', 'out'])
-
 
 class _Plain:
   """The plain optax step's updater: no hooks."""
@@ -228,4 +221,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # flags only for the command line (see experiments/train.py)
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+  _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
+  _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
+  _STEPS = flags.DEFINE_integer('steps', 5, 'Steps per round and variant.')
+  _KEEP = flags.DEFINE_list('keep', ['0.5', '0.25'], 'Keep fractions.')
+  flags.mark_flags_as_required(['config', 'out'])
   app.run(main)

@@ -1,19 +1,5 @@
 """bench_train's time-to-accuracy and phase accounting, on made-up runs."""
-from absl.flags import _exceptions as flag_errors
-import pytest
-
-try:
-  from experiments import bench_train
-except flag_errors.DuplicateFlagError:  # see the xfail below
-  bench_train = None
-
-# experiments/bench_train.py and experiments/bench_surgery.py both define
-# the absl flag --out when imported, so once test_bench_surgery has imported
-# bench_surgery (the whole suite, one process) this import fails; alone, the
-# file passes and the mark does not apply.
-pytestmark = pytest.mark.xfail(bench_train is None, strict=True, reason=(
-    'experiments/bench_train.py defines absl flags at import time; with '
-    'experiments.bench_surgery imported first: DuplicateFlagError on --out'))
+from experiments import bench_train
 
 
 def _evals(accs, every=100, seconds=2.0):
