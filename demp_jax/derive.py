@@ -133,8 +133,9 @@ def _leafname(key: topo.LeafKey) -> str:
 class _Analysis:
   """One pass over a program: spaces, roles, sites and consumers."""
 
-  def __init__(self, program: prog.Program):
+  def __init__(self, program: prog.Program, unit_axes: frozenset = frozenset()):
     self.p = program
+    self.unit_axes = unit_axes
     self.s = Spaces()
     self.info: dict[int, _Info] = {}
     self.role: dict[tuple[int, int], str] = {}     # (leaf, axis) -> role
@@ -172,6 +173,12 @@ class _Analysis:
       self.put(v, _Info(tuple(self.s.new(n) for n in v.shape), False, False,
                         tuple(frozenset({(i, a)})
                               for a in range(len(v.shape))), {}))
+      collection, path = self.p.leaves[i]
+      for a, d in enumerate(self.info[v.id].dims):
+        if ({(collection, tuple(path), a), (collection, tuple(path),
+                                             a - len(v.shape))} &
+            self.unit_axes):
+          self.s.keep_size_one(d)
     x = self.p.input_var
     self.put(x, _Info(tuple(self.s.new(n, 'the network input')
                             for n in x.shape), True, False, None, {}))
@@ -233,7 +240,9 @@ class _Analysis:
     dims = []
     for k, n in enumerate(out_shape):
       axis = [i.dims[k] for a, i in full if a.shape[k] == n]
-      if n == 1 or not axis:
+      if n == 1:  # a broadcast, unless a kept unit axis of width 1
+        axis = [d for d in axis if self.s.is_kept(d)]
+      if not axis:
         dims.append(self.s.new(n))
         continue
       for d in axis[1:]:
@@ -327,19 +336,33 @@ class _Analysis:
     queue: list[tuple[int, int]] = []      # (space, size), slowest first
     owner: list[int] = []                  # operand axis of each factor
     for i, (d, n) in enumerate(zip(src.dims, in_shape)):
-      if n == 1:
+      if n == 1 and not self.s.is_kept(d):
         continue
       for f in self.s.factors(d):
         queue.append((f, self.s.size[f]))
         owner.append(i)
     dims, amap = [], []
-    for n in e.params['new_sizes']:
-      if n == 1:
-        dims.append(self.s.new(1))
-        amap.append(None)
+    sizes = list(e.params['new_sizes'])
+    for j, n in enumerate(sizes):
+      if n == 1:  # a kept width-1 factor, or a new axis
+        # a run of size-1 output axes takes the kept width-1 factors at the
+        # head of the queue into its last axes: (1,) -> (1, 1) is (new, kept)
+        run = next((r for r in range(j, len(sizes)) if sizes[r] != 1),
+                   len(sizes)) - j
+        ones = next((q for q, (_, size) in enumerate(queue) if size != 1),
+                    len(queue))
+        if ones >= run:
+          dims.append(queue.pop(0)[0])
+          amap.append(owner.pop(0))
+        else:
+          dims.append(self.s.new(1))
+          amap.append(None)
         continue
+      # a kept width-1 factor starts the output axis after it (taken below
+      # while prod < n); the last output axis also takes those that trail
+      absorb = j + 1 == len(sizes)
       taken, prod, axes = [], 1, set()
-      while prod < n and queue:
+      while queue and (prod < n or (absorb and queue[0][1] == 1)):
         f, s = queue.pop(0)
         o = owner.pop(0)
         if prod * s > n:   # cut this factor into (n / prod) x rest
@@ -663,13 +686,17 @@ def _geometry(idx: np.ndarray, n: int) -> Optional[dict]:
 
 
 def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
-           x: Any) -> Derivation:
+           x: Any, units: Optional[topo.UnitTopology] = None) -> Derivation:
   """Traces ``fn(variables, x)`` (eval mode, logits out) and derives the
   unit topology of the model. ``variables`` and ``x`` may be abstract
   (``jax.ShapeDtypeStruct``). Raises :class:`TopologyError` for a unit axis
-  it cannot follow."""
+  it cannot follow.
+
+  A size-1 axis reads as a broadcast. ``units``, the topology of the same
+  model before a shrink, names the parameter axes that carry units, so a
+  group narrowed to one unit stays a group."""
   program = prog.trace(fn, variables, x)
-  an = _Analysis(program)
+  an = _Analysis(program, _unit_axes(units))
   an.run()
   s = an.s
   # sites: values leaving an elementwise chain that holds a non-linearity
@@ -767,6 +794,15 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
   return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped)
 
 
+
+
+def _unit_axes(units: Optional[topo.UnitTopology]) -> frozenset:
+  """``{(collection, path, axis)}`` of every parameter axis in ``units``
+  (``axis`` negative)."""
+  if units is None:
+    return frozenset()
+  return frozenset((r.collection, tuple(r.path), r.axis)
+                   for g in units.groups for r in g.produces + g.consumes)
 
 
 def _fold_targets(an: _Analysis) -> dict:

@@ -215,7 +215,7 @@ class Net:
       topology = self.module.unit_topology(self.input_shape)
       return dataclasses.replace(self, topology=topology)
     d = derive_lib.derive(self._eval_fn, self.abstract_variables(),
-                          self._abstract_input())
+                          self._abstract_input(), units=self.topology)
     skipped = tuple((k, tuple(v)) for k, v in d.skipped.items())
     return dataclasses.replace(self, topology=d.topology, skipped=skipped)
 
@@ -371,7 +371,7 @@ class Net:
       flat = flax.traverse_util.flatten_dict(
           dict(state).get('activations', {}), sep='/')
       return logits, {k: [v[-1]] for k, v in flat.items()}
-    d = derive_lib.derive(self._eval_fn, variables, x)
+    d = derive_lib.derive(self._eval_fn, variables, x, units=self.topology)
     _, leaves = _flat(variables)
     names = list(d.sites)
     extra = [s.var for n in names for s in d.sites[n]]

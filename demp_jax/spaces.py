@@ -38,6 +38,7 @@ class Spaces:
     self._up: dict[int, set[int]] = {}
     self._reasons: dict[int, list[str]] = {}
     self._hazards: dict[int, list[str]] = {}
+    self._kept: set[int] = set()
 
   def new(self, size: int, reason: Optional[str] = None) -> int:
     c = len(self._parent)
@@ -54,6 +55,14 @@ class Spaces:
     while self._parent[c] != root:
       self._parent[c], c = root, self._parent[c]
     return root
+
+  def keep_size_one(self, c: int) -> None:
+    """Marks ``c`` as an axis of its own even at size 1: joined with the
+    size-1 axes it meets, not taken for a broadcast."""
+    self._kept.add(self.find(c))
+
+  def is_kept(self, c: int) -> bool:
+    return self.find(c) in self._kept
 
   def struct(self, c: int) -> Optional[tuple[str, list[int]]]:
     return self._struct.get(self.find(c))
@@ -78,6 +87,9 @@ class Spaces:
 
   def _link(self, child: int, root: int) -> None:
     self._parent[child] = root
+    if child in self._kept:
+      self._kept.discard(child)
+      self._kept.add(root)
     for table in (self._reasons, self._hazards):
       if child in table:
         for m in table.pop(child):

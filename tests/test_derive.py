@@ -213,3 +213,31 @@ def test_refuses_what_it_cannot_follow_by_name(model, words):
     Net.create(model, (6, 6, 3))
   for w in words:
     assert w in str(e.value)
+
+
+@pytest.mark.parametrize('case', sorted(CASES) + ['concat', 'nchw'])
+def test_a_group_narrowed_to_one_unit_stays_a_group(case):
+  """At width 1 a unit axis looks like a broadcast; the topology before the
+  shrink tells the derivation it is not."""
+  if case in CASES:
+    make, shape, _ = CASES[case]
+  else:
+    make, shape = {'concat': um.ConcatNet,
+                   'nchw': um.ChannelsFirstCNN}[case], um.IMAGE
+  net, variables = Net.create(make(), shape)
+  for g in net.topology.groups:
+    small = net.at_widths({g.name: 1})
+    assert small.topology.names == net.topology.names, g.name
+    one = small.topology.group(g.name)
+    assert one.size == 1
+    keys = lambda grp: sorted(str(r.key) for r in grp.produces + grp.consumes)
+    assert keys(one) == keys(g), g.name
+    for before, after in zip(sorted(g.produces + g.consumes, key=str),
+                             sorted(one.produces + one.consumes, key=str)):
+      # unit 0 kept: its positions, counted among the positions left once
+      # units 1.. are cut out (a tile's columns, a concatenation's offset)
+      pos = before.positions(g.size)
+      left = np.setdiff1d(np.arange(np.shape(topo.get_leaf(
+          variables, before.key))[before.axis]), pos[1:].reshape(-1))
+      np.testing.assert_array_equal(after.positions(1)[0],
+                                    np.searchsorted(left, pos[0]))

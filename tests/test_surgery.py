@@ -75,10 +75,6 @@ def test_shrunk_equals_masked_on_random_dead_sets(arch, seed, opt, small_mlp,
   _step(res.model, res.variables, tx, res.opt_state, x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'demp_jax/derive.py: a derived unit group of width 1 vanishes from the '
-    'topology that Net.at_widths re-derives (a size-1 axis gets a fresh '
-    'space in _Analysis.elementwise and reshape)'))
 def test_a_layer_shrunk_to_one_unit_stays_a_unit_group(small_mlp):
   net, v = small_mlp
   keep = {'dense_0': np.arange(12) == 4}

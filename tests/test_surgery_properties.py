@@ -185,16 +185,6 @@ def check(arch: str, case: Case) -> None:
     assert np.all(np.asarray(leaf) == 7)
 
 
-# A derived group narrowed to one unit drops out of the rederived topology
-# (a size-1 axis is taken for a broadcast), so every case that leaves a
-# layer of the MLP, VGG or VGG-16 with one unit fails; see
-# test_surgery.py::test_a_layer_shrunk_to_one_unit_stays_a_unit_group.
-WIDTH_ONE = pytest.mark.xfail(strict=True, reason=(
-    'demp_jax/derive.py: a derived unit group of width 1 vanishes from the '
-    'topology (Net.at_widths re-derives it; elementwise/reshape give size-1 '
-    'axes fresh spaces), so res.model.widths misses the group'))
-
-
 def _property_test(arch: str, *marks):
   @hypothesis.settings(max_examples=EXAMPLES[arch], deadline=None,
                        derandomize=True, database=None,
@@ -211,9 +201,9 @@ def _property_test(arch: str, *marks):
   return test
 
 
-test_shrunk_equals_masked_mlp = _property_test('mlp', WIDTH_ONE)
-test_shrunk_equals_masked_vgg = _property_test('vgg', WIDTH_ONE)
-test_shrunk_equals_masked_vgg16 = _property_test('vgg16', WIDTH_ONE)
+test_shrunk_equals_masked_mlp = _property_test('mlp')
+test_shrunk_equals_masked_vgg = _property_test('vgg')
+test_shrunk_equals_masked_vgg16 = _property_test('vgg16')
 test_shrunk_equals_masked_resnet18 = _property_test('resnet18')
 test_shrunk_equals_masked_resnet50 = _property_test('resnet50')
 test_shrunk_equals_masked_vit = _property_test('vit')
