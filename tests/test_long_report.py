@@ -4,17 +4,7 @@ import os
 
 import pytest
 
-try:
-  from experiments import long_report
-except ImportError:  # see the xfail below
-  long_report = None
-
-# experiments/long_report.py imports accuracy_at from experiments.tradeoff,
-# which this branch's tradeoff.py (split into tradeoff/tradeoff_report) no
-# longer has; the mark goes away by itself once the import works.
-pytestmark = pytest.mark.xfail(long_report is None, strict=True, reason=(
-    'experiments/long_report.py: "from experiments.tradeoff import '
-    'accuracy_at" fails (no accuracy_at in experiments/tradeoff.py)'))
+from experiments import long_report
 
 
 def _row(method, knob, seed, acc, units, status='ok'):

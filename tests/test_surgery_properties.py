@@ -60,8 +60,8 @@ HARD = {
 
 # Examples per architecture: 250 in all (about a minute on an idle 2-core
 # CPU; the first examples of each architecture pay its compilations).
-EXAMPLES = {'mlp': 70, 'vgg': 50, 'vgg16': 25, 'resnet18': 35,
-            'resnet50': 25, 'vit': 45}
+EXAMPLES = {'mlp': 110, 'vgg': 60, 'vgg16': 25, 'resnet18': 20,
+            'resnet50': 10, 'vit': 25}
 
 
 class Case(NamedTuple):

@@ -27,15 +27,6 @@ NATIVE = ('no_prune', 'demp', 'snap', 'crop_it', 'early_snap', 'early_crop',
           'structured_magnitude', 'network_slimming')
 STRUCTURED = NATIVE[2:]
 
-# experiments/tradeoff.py run_sweep asks the built model for
-# unit_topology(input_shape), which the derived built-ins (MLP, VGG) and user
-# models do not have.
-TOPOLOGY_BUG = pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    'experiments/tradeoff.py run_sweep: models.build_model(...).'
-    'unit_topology(input_shape) fails for the MLP/VGG, whose topology is '
-    'derived (take Net.create(model, input_shape).topology)'))
-
-
 def test_plan_runs_grids_seeds_and_overrides():
   runs = tradeoff.plan_runs(['no_prune', 'snap', 'demp'], 3, seeds=(0, 1))
   assert [r for r in runs if r[0] == 'no_prune'] == [('no_prune', None, 0),
@@ -278,8 +269,8 @@ def get_config():
   s.score_batch_size = 64
   # declared so that the command line may set them (the methods' own
   # defaults replace these values otherwise)
-  s.update_freq = 0
-  s.check_every = 0
+  s.update_freq = 1
+  s.check_every = 1
   return c
 """
 
@@ -291,7 +282,6 @@ def _tiny_config(tmp_path) -> str:
 
 
 @needs_fmnist
-@TOPOLOGY_BUG
 def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
                                                            capsys):
   out = str(tmp_path / 'sweep')
@@ -344,7 +334,6 @@ def test_every_method_runs_through_the_harness_and_resumes(tmp_path,
 
 @needs_fmnist
 @needs_jaxpruner
-@TOPOLOGY_BUG
 def test_jaxpruner_methods_through_the_harness(tmp_path, monkeypatch):
   # jax.tree_map for this test only (the harness flag would set it for the
   # whole process)
