@@ -32,6 +32,10 @@ def base(**fields) -> ml_collections.ConfigDict:
   # compile seconds / step seconds (2 s / 0.04 s on a 2-core CPU)
   c.shrink_delay = 50
   c.progress = True
+  # >0: the death checks and evaluations see BatchNorm statistics recomputed
+  # from this many held training batches (0: the moving averages, as in the
+  # reference code)
+  c.bn_recalibration_batches = 0
   c.distributed = distributed()
   c.update(fields)
   return c

@@ -44,7 +44,6 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
                      '"tiny"')
   c = _demo_config(config_string)
   s = c.sparsity_config
-  c.bn_recalibration_batches = 0  # 0: the moving averages, as the reference
   if config_string == 'tiny':
     c.num_steps = 40
     s.prune_every = 4  # num_steps / 10, as below

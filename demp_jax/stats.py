@@ -29,8 +29,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NamedTuple
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,52 +43,48 @@ class UnitStats(NamedTuple):
   max: jax.Array       # float32[n]: max over batches, examples, positions
 
 
-def sown_activations(model: nn.Module, variables: Mapping[str, Any],
-                     x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Eval-mode forward returning ``(logits, {group name: activation})``."""
-  variables = {k: v for k, v in variables.items() if k != 'activations'}
-  logits, state = model.apply(variables, x, train=False,
-                              mutable=['activations'])
-  flat = flax.traverse_util.flatten_dict(state.get('activations', {}), sep='/')
-  return logits, {k: v[-1] for k, v in flat.items()}
+def _positions(acts: list) -> float:
+  """Entries per unit in one batch, over every site: ``sum prod(shape[:-1])``."""
+  return float(sum(math.prod(a.shape[:-1]) for a in acts))
 
 
-def _stats(model: nn.Module, variables: Mapping[str, Any], batches: jax.Array,
+def _stats(model: Any, variables: Mapping[str, Any], batches: jax.Array,
            epsilon: float) -> dict[str, UnitStats]:
-  _, probe = jax.eval_shape(lambda v, x: sown_activations(model, v, x),
-                            variables, batches[0])
+  _, probe = jax.eval_shape(model.activations, variables, batches[0])
 
-  def init(a):
-    n = a.shape[-1]
+  def init(acts):
+    n = acts[0].shape[-1]
     return (jnp.ones((n,), bool), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.full((n,), jnp.inf, jnp.float32),
             jnp.full((n,), -jnp.inf, jnp.float32))
 
   def body(carry, x):
-    _, acts = sown_activations(model, variables, x)
+    _, acts = model.activations(variables, x)
     new = {}
     for name, (dead, zeros, abs_sum, lo, hi) in carry.items():
-      a = acts[name].astype(jnp.float32)
-      axes = tuple(range(a.ndim - 1))
-      count = float(math.prod(a.shape[:-1]))
-      s = jnp.sum(jnp.abs(a), axis=axes)
-      # zeros as count - sum(sign|a|): the same number as sum(a == 0), but a
-      # float reduction that XLA:CPU vectorises; with the bool one the pass
-      # took 1.85x a plain forward instead of 1.16x (bench_step's
-      # death_check_ratio on the demo CNN)
+      # a group read at several sites (a residual stream) sums them all
+      s = nonzero = 0.0
+      for a in acts[name]:
+        a = a.astype(jnp.float32)
+        axes = tuple(range(a.ndim - 1))
+        s = s + jnp.sum(jnp.abs(a), axis=axes)
+        # zeros as count - sum(sign|a|): the same number as sum(a == 0),
+        # but a float reduction that XLA:CPU vectorises; with the bool one
+        # the pass took 1.85x a plain forward instead of 1.16x (bench_step's
+        # death_check_ratio on the demo CNN)
+        nonzero = nonzero + jnp.sum(jnp.sign(jnp.abs(a)), axis=axes)
+        lo = jnp.minimum(lo, jnp.min(a, axis=axes))
+        hi = jnp.maximum(hi, jnp.max(a, axis=axes))
       new[name] = (dead & (s <= epsilon),
-                   zeros + (count - jnp.sum(jnp.sign(jnp.abs(a)), axis=axes)),
-                   abs_sum + s,
-                   jnp.minimum(lo, jnp.min(a, axis=axes)),
-                   jnp.maximum(hi, jnp.max(a, axis=axes)))
+                   zeros + (_positions(acts[name]) - nonzero),
+                   abs_sum + s, lo, hi)
     return new, None
 
   carry = {k: init(v) for k, v in probe.items()}
   carry, _ = jax.lax.scan(body, carry, batches)
   out = {}
   for name, (dead, zeros, abs_sum, lo, hi) in carry.items():
-    shape = probe[name].shape
-    count = float(batches.shape[0] * math.prod(shape[:-1]))
+    count = batches.shape[0] * _positions(probe[name])
     mean_abs = abs_sum / count
     out[name] = UnitStats(dead=dead, apoz=zeros / count, mean_abs=mean_abs,
                           dormancy=mean_abs / (jnp.mean(mean_abs) + 1e-9),
@@ -102,7 +96,8 @@ saturation_stats = jax.jit(_stats, static_argnames=('model',))
 saturation_stats.__doc__ = """Per-unit statistics over stacked batches.
 
 Args:
-  model: a model that sows post-activation outputs into ``'activations'``.
+  model: a :class:`demp_jax.net.Net` (its ``activations`` give every unit
+    site).
   variables: its variables (``params``, ``batch_stats``, ...).
   batches: ``[N, B, ...]`` inputs, already preprocessed, not augmented.
   epsilon: the death threshold on ``sum |a|`` per batch (0 by default).
@@ -153,19 +148,24 @@ class Range(NamedTuple):
   max: jax.Array
 
 
-def activation_range(model: nn.Module, variables: Mapping[str, Any],
+def activation_range(model: Any, variables: Mapping[str, Any],
                      x: jax.Array) -> tuple[jax.Array, dict[str, Range]]:
-  """Eval-mode logits and per-unit ``min``/``max`` of every sown activation
-  on one batch ``x`` (one forward pass, not jitted).
+  """Eval-mode logits and per-unit ``min``/``max`` of every unit group (over
+  all its sites) on one batch ``x`` (one forward pass, not jitted).
 
   Returns ``(logits, {name: Range(min, max)})``; the ranges are the input of
   :func:`constant_outputs`.
   """
-  logits, acts = sown_activations(model, variables, x)
+  logits, acts = model.activations(variables, x)
   ranges = {}
-  for name, a in acts.items():
-    axes = tuple(range(a.ndim - 1))
-    ranges[name] = Range(jnp.min(a, axis=axes), jnp.max(a, axis=axes))
+  for name, sites in acts.items():
+    lo = hi = None
+    for a in sites:
+      axes = tuple(range(a.ndim - 1))
+      m, M = jnp.min(a, axis=axes), jnp.max(a, axis=axes)
+      lo = m if lo is None else jnp.minimum(lo, m)
+      hi = M if hi is None else jnp.maximum(hi, M)
+    ranges[name] = Range(lo, hi)
   return logits, ranges
 
 
@@ -177,7 +177,7 @@ class DeadRates(NamedTuple):
   units: int
 
 
-def dead_rates(model: nn.Module, variables: Mapping[str, Any],
+def dead_rates(model: Any, variables: Mapping[str, Any],
                batches: jax.Array,
                live: Mapping[str, Any] | None = None) -> DeadRates:
   """Dead-neuron rates on ``[N, B, ...]`` probe batches, from the same pass
@@ -187,7 +187,7 @@ def dead_rates(model: nn.Module, variables: Mapping[str, Any],
   layer, or a (channel, h, w) element of a conv map) on example ``x``:
 
   * ``dynamic_dead_rate``: ``mean_x [ #{u : z_{x,u} = 0} / #u ]`` over all
-    sown units;
+    units;
   * ``dynamic_dead_rate_live``: the same over the units ``live`` marks
     (``{group: bool[n]}``; default all), so that units pruned away, which
     output 0 by construction, do not count;
@@ -195,12 +195,11 @@ def dead_rates(model: nn.Module, variables: Mapping[str, Any],
     death, the Synaptic Stripping criterion), out of ``units``.
   """
   stats = saturation_stats(model, variables, batches, 0.0)
-  _, probe = jax.eval_shape(lambda v, x: sown_activations(model, v, x),
-                            variables, batches[0])
+  _, probe = jax.eval_shape(model.activations, variables, batches[0])
   zeros = total = zeros_live = total_live = 0.0
   dead = units = 0
   for name, st in stats.items():
-    pos = float(math.prod(probe[name].shape[1:-1]))
+    pos = _positions(probe[name]) / batches.shape[1]  # per example
     apoz = np.asarray(st.apoz, np.float64)
     mine = (np.ones(apoz.shape, bool) if live is None or name not in live
             else np.asarray(live[name], bool))

@@ -79,9 +79,14 @@ class _LeafPlan(NamedTuple):
 def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
                shape: tuple[int, ...]) -> _LeafPlan:
   """What to do to one leaf: the indices to take per axis and the value
-  renumberings of index maps, from its topology entries."""
+  renumberings of index maps, from its topology entries.
+
+  On an axis, a position is dropped when the unit owning it is removed;
+  positions no group owns are kept. Several groups may share an axis (the
+  parts of a concatenation) if their positions do not overlap."""
   ndim = len(shape)
-  takes: dict[int, np.ndarray] = {}
+  kept: dict[int, np.ndarray] = {}
+  owned: dict[int, np.ndarray] = {}
   remaps = []
   for group, ref, role in entries:
     keep = keeps[group.name]
@@ -90,22 +95,32 @@ def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
       remap[keep] = np.arange(len(keep))
       remaps.append(remap)
       continue
-    idx = keep if ref.kind == 'index' else topo.keep_index(ref, keep,
-                                                           group.size)
     if not -ndim <= ref.axis < ndim:
       raise ValueError(f'{ref} (group {group.name!r}) does not fit an array '
                        f'of shape {shape}')
     axis = ref.axis % ndim
-    want = group.size if ref.kind == 'index' else group.size * ref.tile
-    if shape[axis] != want:
+    length = shape[axis]
+    pos = (np.arange(group.size)[:, None] if ref.kind == 'index' else
+           ref.positions(group.size))
+    full = ref.kind == 'index' or (ref.start == 0 and ref.stride is None)
+    want = group.size if ref.kind == 'index' else ref.length(group.size)
+    if (full and length != want) or (pos.size and pos.max() >= length):
       raise ValueError(f'{ref} (group {group.name!r}, {group.size} units) '
                        f'meets an array of shape {shape}; axis {axis} should '
                        f'have length {want}')
-    if axis in takes:
-      raise ValueError(f'two unit groups index axis {axis} of {ref}; a leaf '
-                       'axis belongs to one group')
-    takes[axis] = np.asarray(idx)
-  return _LeafPlan(tuple(sorted(takes.items())), tuple(remaps))
+    mine = owned.setdefault(axis, np.zeros(length, bool))
+    if mine[pos].any():
+      raise ValueError(f'two unit groups index the same positions of axis '
+                       f'{axis} of {ref}; a leaf position belongs to one '
+                       'group')
+    mine[pos] = True
+    removed = np.ones(group.size, bool)
+    removed[keep] = False
+    k = kept.setdefault(axis, np.ones(length, bool))
+    k[pos[removed]] = False
+  takes = tuple((axis, np.flatnonzero(k)) for axis, k in sorted(kept.items())
+                if not k.all())
+  return _LeafPlan(takes, tuple(remaps))
 
 
 def _gather(x: np.ndarray, takes) -> np.ndarray:
@@ -243,8 +258,9 @@ def fold_into_consumers(topology: topo.UnitTopology,
   :class:`demp_jax.topology.FoldRef` the target leaf ``t`` becomes
   ``t + sign * delta`` with
 
-  * kernel consumer ``K`` (output axis last, unit axis ``ref.axis`` of length
-    ``tile * n``): ``delta[o] = sum_i c_i sum_{p, taps} K[taps, p*n + i, o]``;
+  * kernel consumer ``K`` (output axis last, unit ``i`` owning the positions
+    ``P_i`` of axis ``ref.axis``, see :meth:`AxisRef.positions`):
+    ``delta[o] = sum_i c_i sum_{p in P_i, taps} K[taps, p, o]``;
   * index consumer ``idx``: ``delta[j] = c_{idx[j]}`` (0 where
     ``idx[j] = -1``).
 
@@ -272,9 +288,11 @@ def fold_into_consumers(topology: topo.UnitTopology,
         valid = idx >= 0
         delta = np.where(valid, c[np.where(valid, idx, 0)], 0.0)
       else:
+        # K[taps..., position, ..., out] -> [position, taps, out]
         k = np.moveaxis(leaf, ref.axis % leaf.ndim, 0)
-        k = k.reshape(ref.tile, g.size, -1, k.shape[-1])[:, nz]
-        delta = np.einsum('i,pijo->o', c[nz], k.astype(np.float64))
+        k = k.reshape(k.shape[0], -1, k.shape[-1])
+        pos = ref.positions(g.size)[nz]            # [units, owned positions]
+        delta = np.einsum('i,ipjo->o', c[nz], k[pos].astype(np.float64))
       key = ref.fold.key
       deltas[key] = deltas.get(key, 0.0) + ref.fold.sign * delta
   out = dict(variables)
@@ -302,7 +320,7 @@ def eval_logits(model: Any, variables: Mapping[str, Any],
 
 
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
-           *, input_shape, opt_state: Any = None, tx: Any = None,
+           *, opt_state: Any = None, tx: Any = None,
            probe: Optional[jax.Array] = None, rtol: float = 1e-4,
            atol: float = 1e-5, fold_constants: bool = False,
            constants: Optional[Mapping[str, Any]] = None,
@@ -310,11 +328,10 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
   """Removes the units not in ``keep`` and rebuilds the model smaller.
 
   Args:
-    model: a width-parametrised model (see :mod:`demp_jax.models`).
+    model: the model, a :class:`demp_jax.net.Net`.
     variables: its variables: ``params``, ``batch_stats``, ...
     keep: group name -> bool vector over the group's units (True = keep) or
       array of kept indices. Missing groups are kept whole.
-    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
     opt_state: optional optimiser state to slice alongside; needs ``tx``.
     tx: the optimiser that made ``opt_state``.
     probe: optional batch ``[B, *input_shape]``; when given, checks that the
@@ -341,7 +358,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
   if fold_constants and constants is None and probe is None:
     raise ValueError('shrink(fold_constants=True) needs the constants or a '
                      'probe batch to measure them on')
-  topology = model.unit_topology(input_shape)
+  topology = model.topology
   topology.validate(variables)
   keeps = keep_indices(topology, keep, min_width)
   alive = {}
@@ -370,8 +387,8 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     if any(folded.values()):
       source = fold_into_consumers(topology, variables, values)
   new_vars = shrink_variables(topology, source, keeps)
-  new_model = model.with_widths([len(keeps[n]) for n in topology.names])
-  new_model.unit_topology(input_shape).validate(new_vars)
+  new_model = model.at_widths({n: len(keeps[n]) for n in topology.names})
+  new_model.topology.validate(new_vars)
   new_opt = (None if opt_state is None else
              shrink_opt_state(tx, opt_state, variables['params'], topology,
                               keeps))
@@ -391,7 +408,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
           f'shrunk logits differ from the masked logits by up to '
           f'{masked_diff:.3g} on the probe batch, above {bound:.3g} '
           f'(atol={atol} + rtol={rtol} x max |masked logit|); removed units '
-          f'per group: {removed}. The unit '
-          f'topology of {type(model).__name__} is probably missing a leaf.')
+          f'per group: {removed}. The unit topology of '
+          f'{type(model.module).__name__} is probably missing a leaf.')
   return Shrunk(new_model, new_vars, new_opt, removed, masked_diff, change,
                 folded)

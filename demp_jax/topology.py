@@ -13,7 +13,13 @@ topology lists every variable leaf that carries the group's unit axis:
   kernel's input axis ``[..., n, m]``). When a conv output is flattened in
   NHWC order before a dense layer, the consumer's input axis has length
   ``tile * n`` and unit ``c`` owns the positions ``p * n + c`` for
-  ``p < tile`` (channel fastest), so ``tile`` = H*W at the flatten.
+  ``p < tile`` (channel fastest), so ``tile`` = H*W at the flatten. In
+  general unit ``c`` owns ``start + p * stride + c * inner + i`` for
+  ``p < tile``, ``i < inner`` (:meth:`AxisRef.positions`): a channel-first
+  flatten (``inner`` = H*W), a concatenation (``start`` = the part's
+  offset), a split (``stride``). Several references may share one leaf
+  axis (the parts of a concatenation) as long as their positions do not
+  overlap.
 * ``kind='index'`` references describe integer gather maps kept in a
   non-trainable collection, e.g. a residual block's identity shortcut
   ``s[..., j] = x[..., idx[j]]`` (``idx[j] = -1``: zero). The map is
@@ -88,6 +94,8 @@ class AxisRef:
     axis: the axis indexed by the units (negative values count from the end).
     tile: for a consumer after an NHWC flatten, the number of spatial
       positions; the axis then has length ``tile * n`` with the unit fastest.
+    start, stride, inner: the general layout (see :meth:`positions`); the
+      defaults describe ``tile`` blocks of ``n`` units one after the other.
     kind: ``'axis'`` for an ordinary array axis; ``'index'`` for an integer
       array whose *values* are unit indices of the group (a gather map such
       as a residual shortcut selection), where ``-1`` means "no unit". As a
@@ -102,6 +110,9 @@ class AxisRef:
   tile: int = 1
   kind: str = 'axis'
   fold: Optional[FoldRef] = None
+  start: int = 0
+  stride: Optional[int] = None
+  inner: int = 1
 
   @property
   def key(self) -> LeafKey:
@@ -109,6 +120,33 @@ class AxisRef:
 
   def __str__(self) -> str:
     return f"{self.collection}/{'/'.join(self.path)}[axis {self.axis}]"
+
+  @property
+  def simple(self) -> bool:
+    """Unit ``c`` is position ``c`` of an axis of length ``n``."""
+    return (self.tile, self.start, self.stride, self.inner) == (1, 0, None, 1)
+
+  def length(self, n: int) -> int:
+    """The axis length this reference expects for ``n`` units, when it
+    covers the whole axis (``start == 0`` and the default stride)."""
+    return self.tile * n * self.inner
+
+  def positions(self, n: int) -> np.ndarray:
+    """``int64[n, tile * inner]``: the positions on the leaf axis that
+    unit ``c`` of ``n`` owns, ``start + p * stride + c * inner + i``."""
+    stride = n * self.inner if self.stride is None else self.stride
+    p = np.arange(self.tile, dtype=np.int64)[:, None] * stride
+    i = np.arange(self.inner, dtype=np.int64)[None, :]
+    c = np.arange(n, dtype=np.int64)[:, None, None] * self.inner
+    return (self.start + c + (p + i)[None]).reshape(n, -1)
+
+  def owner(self, n: int, length: int) -> np.ndarray:
+    """``int64[length]``: the unit owning each position (-1: none)."""
+    out = np.full(length, -1, np.int64)
+    pos = self.positions(n)
+    if pos.size:
+      out[pos] = np.arange(n)[:, None]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,12 +225,17 @@ class UnitTopology:
                     f'leaf {ref}, whose values span [{values.min()}, '
                     f'{values.max()}]: they must lie in [-1, {g.size})')
             continue
-          want = g.size * ref.tile
-          if shape[ref.axis] != want:
+          if not -len(shape) <= ref.axis < len(shape):
+            raise ValueError(f'unit group {g.name!r} {role} {ref}, but that '
+                             f'leaf has shape {shape}')
+          length = shape[ref.axis]
+          full = ref.start == 0 and ref.stride is None
+          last = (int(ref.positions(g.size).max()) if g.size else -1)
+          if (full and length != ref.length(g.size)) or last >= length:
             raise ValueError(
                 f'unit group {g.name!r} ({g.size} units, tile {ref.tile}) '
                 f'{role} {ref}, but that leaf has shape {shape}: axis '
-                f'{ref.axis} should have length {want}')
+                f'{ref.axis} should have length {ref.length(g.size)}')
 
 
 def _concrete(x: Any) -> bool:
@@ -247,26 +290,41 @@ def _xp(*xs):
   return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
 
 
-def unit_axis_mask(ref: AxisRef, unit_mask: np.ndarray | jax.Array,
-                   ndim: int) -> jax.Array:
-  """Broadcastable 0/1 array that zeroes the masked units on ``ref.axis``
-  (numpy unless ``unit_mask`` is traced)."""
-  xp = _xp(unit_mask)
-  m = xp.asarray(unit_mask)
-  if ref.tile > 1:
-    m = xp.tile(m, ref.tile)  # NHWC flatten: position p*n + c -> unit c
+def unit_axis_mask(ref: AxisRef, unit_values: np.ndarray | jax.Array,
+                   shape: tuple[int, ...]) -> jax.Array:
+  """Broadcastable array, over a leaf of ``shape``, that holds
+  ``unit_values[c]`` at every position unit ``c`` owns on ``ref.axis`` and
+  1 elsewhere (numpy unless ``unit_values`` is traced). With 0/1 values it
+  zeroes the masked units."""
+  xp = _xp(unit_values)
+  values = xp.asarray(unit_values)
+  ndim = len(shape)
   axis = ref.axis % ndim
-  shape = [1] * ndim
-  shape[axis] = m.shape[0]
-  return m.reshape(shape)
+  n = values.shape[0]
+  if ref.simple and shape[axis] == n:
+    m = values
+  else:
+    owner = ref.owner(n, shape[axis])
+    m = xp.where(owner >= 0, values[np.maximum(owner, 0)],
+                 xp.ones((), values.dtype))
+  out = [1] * ndim
+  out[axis] = m.shape[0]
+  return m.reshape(out)
 
 
-def keep_index(ref: AxisRef, keep: np.ndarray, size: int) -> np.ndarray:
-  """Indices to take along ``ref.axis`` to keep units ``keep`` of ``size``."""
-  keep = np.asarray(keep, dtype=np.int64)
-  if ref.tile > 1:
-    return (np.arange(ref.tile)[:, None] * size + keep[None, :]).reshape(-1)
-  return keep
+def units_last(x: Any, ref: AxisRef, n: int) -> Any:
+  """``x``'s entries on ``ref.axis`` regrouped by unit: ``[m, n]`` with
+  column ``c`` holding every entry unit ``c`` owns (its positions on the
+  axis times every other axis). Works on numpy and jax arrays; for an
+  ``'index'`` reference, the axis itself."""
+  xp = _xp(x) if not isinstance(x, np.ndarray) else np
+  x = xp.moveaxis(xp.asarray(x), ref.axis % np.ndim(x), -1)
+  if ref.kind == 'index' or (ref.simple and x.shape[-1] == n):
+    return x.reshape(-1, n)
+  pos = ref.positions(n)                                  # [n, k]
+  cols = xp.take(x, xp.asarray(pos.reshape(-1)), axis=-1)  # [..., n * k]
+  cols = cols.reshape(cols.shape[:-1] + pos.shape)        # [..., n, k]
+  return xp.moveaxis(cols, -2, -1).reshape(-1, n)
 
 
 def param_masks(topology: UnitTopology, params: Any,
@@ -295,7 +353,7 @@ def param_masks(topology: UnitTopology, params: Any,
       if ref.kind != 'axis' or group.name not in alive:
         continue
       m = m * unit_axis_mask(ref, xp.asarray(alive[group.name], MASK_DTYPE),
-                             m.ndim)
+                             m.shape)
     return m.astype(MASK_DTYPE)
 
   return jax.tree_util.tree_map_with_path(one, params)
@@ -326,22 +384,15 @@ def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
       if ref.collection != 'params' and ref.kind != 'index':
         continue
       leaf = get_leaf(out, ref.key)
-      if isinstance(leaf, jax.core.Tracer) or isinstance(a, jax.core.Tracer):
-        m = unit_axis_mask(ref, jnp.asarray(a).astype(bool), leaf.ndim)
-        new = (jnp.where(m, leaf, -1) if ref.kind == 'index' else
-               leaf * m.astype(leaf.dtype))
-      else:  # on the host: no compilation for new shapes
-        m = np.asarray(a).astype(bool)
-        if ref.tile > 1:
-          m = np.tile(m, ref.tile)
-        shape = [1] * np.ndim(leaf)
-        shape[ref.axis % np.ndim(leaf)] = m.shape[0]
-        m = m.reshape(shape)
-        value = np.asarray(leaf)
-        new = put_like(np.where(m, value, -1).astype(value.dtype)
-                       if ref.kind == 'index' else
-                       value * m.astype(value.dtype), leaf)
-      out = set_leaf(out, ref.key, new)
+      traced = _xp(leaf, a) is jnp
+      # on the host unless traced: no compilation for new shapes
+      value = leaf if traced else np.asarray(leaf)
+      xp = jnp if traced else np
+      m = unit_axis_mask(ref, xp.asarray(a).astype(np.uint8),
+                         np.shape(leaf)).astype(bool)
+      new = (xp.where(m, value, -1).astype(value.dtype)
+             if ref.kind == 'index' else value * m.astype(value.dtype))
+      out = set_leaf(out, ref.key, new if traced else put_like(new, leaf))
   return out
 
 
@@ -371,3 +422,16 @@ def set_leaf(variables: Mapping[str, Any], key: LeafKey, value: Any) -> dict:
   out = dict(variables)
   out[collection] = rec(out[collection], path)
   return out
+
+
+def norm_refs(name: str | tuple[str, ...], with_stats: bool = True
+              ) -> list[AxisRef]:
+  """Scale, offset (and running mean/var) of a flax norm layer ``name``
+  (a module name, or the tuple path of a nested one)."""
+  prefix = (name,) if isinstance(name, str) else tuple(name)
+  refs = [AxisRef('params', prefix + ('scale',), -1),
+          AxisRef('params', prefix + ('bias',), -1)]
+  if with_stats:
+    refs += [AxisRef('batch_stats', prefix + ('mean',), -1),
+             AxisRef('batch_stats', prefix + ('var',), -1)]
+  return refs

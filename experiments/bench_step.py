@@ -43,13 +43,6 @@ from demp_jax.training import optim
 from demp_jax.training.steps import Compiler, TrainState, make_train_step
 from experiments.benchlib import machine, runtime_env
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
-_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Steps per round and variant.')
-_KEEP = flags.DEFINE_list('keep', ['0.5', '0.25'], 'Keep fractions.')
-flags.mark_flags_as_required(['config', 'out'])
-
 
 class _Plain:
   """The plain optax step's updater: no hooks."""
@@ -156,11 +149,11 @@ def main(argv):
       keep[g.name] = k
     s = state(demp_tx, variables)
     t0 = time.perf_counter()
-    res = surgery.shrink(model, s.variables, keep, input_shape=shape,
-                         opt_state=s.opt_state, tx=demp_tx)
+    res = surgery.shrink(model, s.variables, keep, opt_state=s.opt_state,
+                         tx=demp_tx)
     jax.block_until_ready(res.variables)
     surgery_s = time.perf_counter() - t0
-    shrunk_updater = updater.with_topology(res.model.unit_topology(shape))
+    shrunk_updater = updater.with_topology(res.model.topology)
     variants[f'shrunk_{frac}'] = StepVariant(
         res.model, demp_tx, shrunk_updater,
         TrainState(s.step, res.variables, res.opt_state), batches, mean, std)
@@ -228,4 +221,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # flags only for the command line (see experiments/train.py)
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+  _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
+  _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
+  _STEPS = flags.DEFINE_integer('steps', 5, 'Steps per round and variant.')
+  _KEEP = flags.DEFINE_list('keep', ['0.5', '0.25'], 'Keep fractions.')
+  flags.mark_flags_as_required(['config', 'out'])
   app.run(main)

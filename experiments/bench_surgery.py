@@ -43,25 +43,11 @@ from absl import flags
 
 from demp_jax import flops as flops_lib
 from demp_jax import models, surgery
+from demp_jax.net import Net
 from demp_jax import topology as topo
 from demp_jax.training import metrics
 from experiments.benchlib import machine, runtime_env
 
-_MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
-_INPUT = flags.DEFINE_list(
-    'input_shape', None, 'H,W,C of one example (default: 224,224,3 for '
-    'resnet50, else 32,32,3).')
-_DEAD = flags.DEFINE_float('dead', 0.5, 'Fraction of units removed.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Surgeries timed.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_COMPILE = flags.DEFINE_enum('compile', 'train_step',
-                             ['train_step', 'forward', 'none'],
-                             'What to compile after the surgery.')
-_COMPILE_BATCH = flags.DEFINE_integer('compile_batch', 2,
-                                      'Batch size of the compiled step.')
-_SET = flags.DEFINE_multi_string('set', [], 'Model field KEY=VALUE.')
-flags.mark_flags_as_required(['out'])
 
 
 def _literal(text: str) -> Any:
@@ -71,20 +57,15 @@ def _literal(text: str) -> Any:
     return text
 
 
-def random_variables(model: Any, input_shape: Sequence[int],
+def random_variables(net: Net, shapes: dict,
                      rng: np.random.Generator) -> dict:
-  """Variables of the right shapes without running the model.
+  """Variables of the right ``shapes`` without running the model.
 
   Kernels ``N(0, 2/fan_in)``, norm scales 1, offsets 0, running means 0 and
   variances 1, index maps at their initial identity (``j`` if the consumed
   group has a unit ``j``, else -1; produce-only maps ``arange``).
   """
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  shapes = {k: v for k, v in shapes.items() if k != 'activations'}
-  consumed = {ref.key: g.size
-              for g in model.unit_topology(input_shape).groups
+  consumed = {ref.key: g.size for g in net.topology.groups
               for ref in g.consumes if ref.kind == 'index'}
 
   def fill(path, s):
@@ -136,11 +117,10 @@ def compile_seconds(model: Any, variables: dict, opt_state: Any, tx: Any,
   else:
     def step(variables, opt_state, x, y):
       others = {k: v for k, v in variables.items() if k != 'params'}
-      mutable = [k for k in ('batch_stats',) if k in others]
 
       def loss_fn(p):
         logits, new = model.apply({**others, 'params': p}, x, train=True,
-                                  mutable=mutable)
+                                  mutable=model.mutable)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.mean(loss), new
 
@@ -162,10 +142,11 @@ def run(model_name: str, overrides: dict, input_shape: Sequence[int],
         compile_batch: int) -> dict:
   """The benchmark; returns the JSON record."""
   rng = np.random.default_rng(seed)
-  model = models.build_model({'name': model_name, **overrides})
-  topology = model.unit_topology(input_shape)
+  model, shapes = Net.create(models.build_model(
+      {'name': model_name, **overrides}), input_shape, init=False)
+  topology = model.topology
   t0 = time.perf_counter()
-  variables = random_variables(model, input_shape, rng)
+  variables = random_variables(model, shapes, rng)
   tx = optax.adamw(1e-3, weight_decay=1e-4)
   opt_state = random_adamw_state(tx, variables['params'], rng)
   jax.block_until_ready((variables, opt_state))
@@ -175,8 +156,8 @@ def run(model_name: str, overrides: dict, input_shape: Sequence[int],
   for _ in range(repeats):
     keep = random_keep(topology, dead, rng)
     t0 = time.perf_counter()
-    res = surgery.shrink(model, variables, keep, input_shape=input_shape,
-                         opt_state=opt_state, tx=tx)
+    res = surgery.shrink(model, variables, keep, opt_state=opt_state,
+                         tx=tx)
     jax.block_until_ready((res.variables, res.opt_state))
     times.append(time.perf_counter() - t0)
   recompile = None  # JSON null when skipped
@@ -229,4 +210,21 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # flags only for the command line: the tests import this module
+  # beside the other benchmarks, which define --out too
+  _MODEL = flags.DEFINE_string('model', 'resnet50', 'Key of models.MODELS.')
+  _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
+  _INPUT = flags.DEFINE_list(
+      'input_shape', None, 'H,W,C of one example (default: 224,224,3 for '
+      'resnet50, else 32,32,3).')
+  _DEAD = flags.DEFINE_float('dead', 0.5, 'Fraction of units removed.')
+  _REPEATS = flags.DEFINE_integer('repeats', 3, 'Surgeries timed.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+  _COMPILE = flags.DEFINE_enum('compile', 'train_step',
+                               ['train_step', 'forward', 'none'],
+                               'What to compile after the surgery.')
+  _COMPILE_BATCH = flags.DEFINE_integer('compile_batch', 2,
+                                        'Batch size of the compiled step.')
+  _SET = flags.DEFINE_multi_string('set', [], 'Model field KEY=VALUE.')
+  flags.mark_flags_as_required(['out'])
   app.run(main)

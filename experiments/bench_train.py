@@ -28,14 +28,6 @@ from ml_collections import config_flags
 from demp_jax.training import loop
 from experiments.benchlib import machine, runtime_env
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
-_TARGET = flags.DEFINE_float('target', 0.88, 'Target test accuracy.')
-_EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'Steps between evals.')
-_DENSE_MARGIN = flags.DEFINE_float(
-    'dense_margin', 0.01, 'time_to_dense_final: the time to reach the dense '
-    'run\'s final test accuracy minus this.')
-flags.mark_flags_as_required(['config', 'out'])
 
 
 def time_to(evals: list[dict], target: float):
@@ -142,4 +134,14 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # flags only for the command line: the tests import this module
+  # beside the other benchmarks, which define --out too
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+  _OUT = flags.DEFINE_string('out', None, 'Output JSON file.')
+  _TARGET = flags.DEFINE_float('target', 0.88, 'Target test accuracy.')
+  _EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'Steps between evals.')
+  _DENSE_MARGIN = flags.DEFINE_float(
+      'dense_margin', 0.01, 'time_to_dense_final: the time to reach the dense '
+      'run\'s final test accuracy minus this.')
+  flags.mark_flags_as_required(['config', 'out'])
   app.run(main)

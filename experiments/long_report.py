@@ -30,7 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments.tradeoff import RESULTS, accuracy_at, read_rows
+from experiments.tradeoff import RESULTS, read_rows
+from experiments.tradeoff_report import value_at
 
 MATCHED = (0.7, 0.8, 0.9)
 ABLATIONS = {  # part -> what differs from the base config
@@ -123,7 +124,7 @@ def matched_table(groups: dict, matched: Sequence[float] = MATCHED
     xs = [p[0] for p in pts]
     cells = []
     for x in matched:
-      m = accuracy_at(xs, [p[1] for p in pts], x)
+      m = value_at(xs, [p[1] for p in pts], x)
       if m is None:
         cells.append('-')
         continue

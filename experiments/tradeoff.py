@@ -436,7 +436,6 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
     ``{'ran': n, 'skipped': n, 'failed': n, 'rows': [...], 'written':
     [paths]}``.
   """
-  from demp_jax import models  # pylint: disable=g-import-not-at-top
   from demp_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
@@ -451,10 +450,8 @@ def run_sweep(config, methods: Sequence[str], points: int, out: str, *,
   runs = plan_runs(methods, points, grids, seeds)
   splits = load_dataset(config.dataset)
   steps_per_epoch = max(1, len(splits.train) // int(config.batch_size))
-  input_shape = tuple(splits.train.example_shape)
-  topology = models.build_model(
-      {'num_classes': splits.num_classes, **config.model.to_dict()}
-  ).unit_topology(input_shape)
+  # the units at full width (for the masked methods' unit counts)
+  topology = loop.build(config, int(config.num_steps)).topology
   env = timing_env()
   ran = skipped = failed = 0
   for i, (method, knob, seed) in enumerate(runs):

@@ -27,11 +27,6 @@ from ml_collections import config_flags
 
 from demp_jax.training import validate
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
 BAD_COMMAND_LINE, RUN_FAILED = 2, 1
 
 SHOWN = ('test_accuracy', 'neuron_sparsity', 'param_sparsity', 'units_initial',
@@ -180,4 +175,10 @@ def _flag_message(e: BaseException) -> str:
 
 
 if __name__ == '__main__':
+  # flags only for the command line: the tests import this module beside
+  # the other scripts, which define --config too
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=parse_flags)

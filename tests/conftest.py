@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models and their variables, on one CPU device;
+"""Shared fixtures: tiny models as ``(Net, variables)``, on one CPU device;
 the config files."""
 import importlib.util
 import os
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from demp_jax import models
+from demp_jax.net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,12 +21,6 @@ def load_config(name, arg=''):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(arg)
-
-
-def init_vars(model, input_shape, seed=0, batch=2):
-  x = jnp.zeros((batch,) + tuple(input_shape), jnp.float32)
-  v = model.init(jax.random.PRNGKey(seed), x, train=False)
-  return {k: val for k, val in v.items() if k != 'activations'}
 
 
 def randomize_batch_stats(variables, seed=0):
@@ -41,12 +36,37 @@ def randomize_batch_stats(variables, seed=0):
   return {**variables, 'batch_stats': bs}
 
 
-@pytest.fixture
-def small_cnn():
-  return models.VGG(conv_widths=(6, 8, 12), dense_widths=(16,),
-                    pool_after=(0, 2), num_classes=5)
+CNN_SHAPE = (8, 8, 3)
+MLP_SHAPE = (7,)
+
+
+@pytest.fixture(scope='session')
+def _small_cnn():
+  return Net.create(models.VGG(conv_widths=(6, 8, 12), dense_widths=(16,),
+                               pool_after=(0, 2), num_classes=5), CNN_SHAPE)
+
+
+@pytest.fixture(scope='session')
+def _small_mlp():
+  return Net.create(models.MLP(widths=(12, 9), num_classes=4), MLP_SHAPE)
+
+
+def _fresh(created):
+  """``(net, variables)`` with the variables' dicts copied, so a test that
+  edits them in place cannot leak into the next one."""
+  net, variables = created
+  return net, jax.tree.map(lambda x: x, variables)
 
 
 @pytest.fixture
-def small_mlp():
-  return models.MLP(widths=(12, 9), num_classes=4)
+def small_cnn(_small_cnn):
+  """``(net, variables)``: a VGG (conv 6-8-12 with two pools, dense 16, 5
+  classes) on ``CNN_SHAPE`` inputs; groups ``conv_0..2``, ``dense_0``."""
+  return _fresh(_small_cnn)
+
+
+@pytest.fixture
+def small_mlp(_small_mlp):
+  """``(net, variables)``: an MLP (12, 9 units, BN, 4 classes) on
+  ``MLP_SHAPE`` inputs; groups ``dense_0``, ``dense_1``."""
+  return _fresh(_small_mlp)

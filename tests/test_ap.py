@@ -18,6 +18,8 @@ from demp_jax.algorithms import base
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import magnitude
 from demp_jax.algorithms import masked
+from demp_jax.net import Net
+
 
 def _a(x):
   return jnp.asarray(x, jnp.float32)
@@ -62,16 +64,15 @@ def test_ap_prunes_the_negative_survivors_that_moved_least(n, pruned):
 
 
 def _mlp_ctx(seed=0):
-  model = models.MLP(widths=(20, 10), num_classes=3, use_bn=False)
-  shape = (4, 4, 1)
+  net, _ = Net.create(models.MLP(widths=(20, 10), num_classes=3,
+                                 use_bn=False), (4, 4, 1), init=False)
   rng = np.random.default_rng(seed)
-  theta_0 = testlib_models.random_variables(model, shape, rng)['params']
+  theta_0 = testlib_models.random_variables(net, rng)['params']
   theta_t = jax.tree.map(
       lambda x: jnp.asarray(np.asarray(x) + rng.normal(0, 0.05, x.shape),
                             jnp.float32), theta_0)
-  ctx = base.PruneContext(0, model, model.unit_topology(shape),
-                          {'params': theta_t}, None)
-  return model, shape, theta_0, theta_t, ctx
+  ctx = base.PruneContext(0, net, net.topology, {'params': theta_t}, None)
+  return net, theta_0, theta_t, ctx
 
 
 def _kernel_count(masks):
@@ -80,8 +81,8 @@ def _kernel_count(masks):
 
 
 def test_ap_on_global_magnitude_hits_the_base_sparsity_exactly():
-  model, shape, theta_0, theta_t, ctx = _mlp_ctx()
-  topology = model.unit_topology(shape)
+  net, theta_0, theta_t, ctx = _mlp_ctx()
+  topology = net.topology
   upd = create_updater_from_config(
       {'algorithm': 'ap', 'base': 'global_magnitude', 'ap_rate': 0.02},
       topology=topology)
@@ -114,8 +115,8 @@ def test_ap_on_global_magnitude_hits_the_base_sparsity_exactly():
 
 
 def test_ap_on_a_structured_base_masks_whole_units_then_weights():
-  model, shape, theta_0, theta_t, ctx = _mlp_ctx(seed=3)
-  topology = model.unit_topology(shape)
+  net, theta_0, theta_t, ctx = _mlp_ctx(seed=3)
+  topology = net.topology
   upd = create_updater_from_config(
       {'algorithm': 'ap', 'base': 'structured_magnitude', 'ap_rate': 0.02,
        'base_config': {'update_start_step': 0, 'update_end_step': 0}},
@@ -153,7 +154,7 @@ def test_ap_is_built_from_the_registry_and_refuses_the_single_run_loop():
 
 
 def test_global_magnitude_one_shot_in_the_loop_hooks():
-  model, shape, _, theta_t, _ = _mlp_ctx()
+  net, _, theta_t, _ = _mlp_ctx()
   upd = create_updater_from_config(
       {'algorithm': 'global_magnitude', 'sparsity': 0.5,
        'update_start_step': 5, 'update_end_step': 5})
@@ -161,8 +162,7 @@ def test_global_magnitude_one_shot_in_the_loop_hooks():
   state = tx.init(theta_t)
   assert [s for s in range(10) if upd.schedule.is_update_step(s)] == [5]
   assert not upd.schedule.at_end
-  ctx = base.PruneContext(5, model, model.unit_topology(shape),
-                          {'params': theta_t}, state)
+  ctx = base.PruneContext(5, net, net.topology, {'params': theta_t}, state)
   decision = upd.decide(ctx)
   new = decision.masks
   assert decision.keep is None
@@ -184,36 +184,37 @@ def test_dynamic_dead_rate_on_a_hand_built_net():
   # relu(-x0 - 10), dead on every input here. Per example the zero fraction
   # is 1/2 where x0 > 0 and 2/2 where x0 < 0: the rate is 0.75 on
   # x0 in {1, -1, 2, -2}; over the live unit 0 alone it is 0.5.
-  model = models.MLP(widths=(2,), num_classes=2, use_bn=False)
-  shape = (1, 2, 1)
+  net, _ = Net.create(models.MLP(widths=(2,), num_classes=2, use_bn=False),
+                      (1, 2, 1), init=False)
   params = {'dense_0': {'kernel': _a([[1.0, -1.0], [0.0, 0.0]]),
                         'bias': _a([0.0, -10.0])},
             'logits': {'kernel': _a(np.ones((2, 2))), 'bias': _a([0, 0])}}
   x = _a([1.0, -1.0, 2.0, -2.0])
   images = jnp.stack([x, jnp.zeros(4)], -1).reshape(2, 2, 1, 2, 1)
-  r = stats_lib.dead_rates(model, {'params': params}, images,
-                           live={'act_0': np.array([True, False])})
+  r = stats_lib.dead_rates(net, {'params': params}, images,
+                           live={'dense_0': np.array([True, False])})
   assert r.dynamic_dead_rate == pytest.approx(0.75)
   assert r.dynamic_dead_rate_live == pytest.approx(0.5)
   assert r.dead_units == 1 and r.units == 2
-  assert stats_lib.dead_rates(model, {'params': params},
+  assert stats_lib.dead_rates(net, {'params': params},
                               images).dynamic_dead_rate_live == (
                                   pytest.approx(0.75))
 
 
 def test_dead_rates_weigh_conv_positions_like_the_activations():
-  model = models.VGG(conv_widths=(4,), dense_widths=(3,), pool_after=(0,),
-                     num_classes=2)
   shape = (6, 6, 1)
-  v = testlib_models.random_variables(model, shape,
-                                      np.random.default_rng(0), 0.0)
+  net, _ = Net.create(models.VGG(conv_widths=(4,), dense_widths=(3,),
+                                 pool_after=(0,), num_classes=2), shape,
+                      init=False)
+  v = testlib_models.random_variables(net, np.random.default_rng(0), 0.0)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8) + shape),
                        jnp.float32)
-  _, acts = stats_lib.sown_activations(model, v, images.reshape((16,) + shape))
-  zeros = sum(np.sum(np.asarray(a).reshape(16, -1) == 0, 1)
-              for a in acts.values())
-  per_example = zeros / sum(np.asarray(a[0]).size for a in acts.values())
-  assert stats_lib.dead_rates(model, v, images).dynamic_dead_rate == (
+  _, acts = net.activations(v, images.reshape((16,) + shape))
+  sites = [a for group in acts.values() for a in group]
+  assert len(sites) == 2   # the conv map and the dense layer
+  zeros = sum(np.sum(np.asarray(a).reshape(16, -1) == 0, 1) for a in sites)
+  per_example = zeros / sum(np.asarray(a[0]).size for a in sites)
+  assert stats_lib.dead_rates(net, v, images).dynamic_dead_rate == (
       pytest.approx(float(np.mean(per_example)), abs=1e-6))
 
 
@@ -222,7 +223,7 @@ def test_dead_rates_weigh_conv_positions_like_the_activations():
 
 def test_start_round_rewinds_and_resets_the_optimiser():
   from demp_jax.training import cycles
-  _, _, theta_0, _, _ = _mlp_ctx()
+  _, theta_0, _, _ = _mlp_ctx()
   upd = magnitude.GlobalMagnitudePruning()
   tx = upd.wrap_optax(optax.adam(1e-2))
   masks = upd.get_initial_masks(theta_0)

@@ -189,3 +189,26 @@ def test_an_empty_directory_restores_nothing(tmp_path, capsys):
   assert ckpt.restore_latest(build_abstract) is None
   assert capsys.readouterr().err == ''
   ckpt.close()
+
+
+def test_an_unsavable_array_fails_fast_and_the_process_exits(tmp_path):
+  # orbax 0.12.8 fails on a zero-size array inside its save, and a thread it
+  # started then blocks the interpreter's exit; the check before orbax
+  # names the array and the process ends.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = (
+      'import sys, jax.numpy as jnp\n'
+      'from demp_jax.training.checkpoint import Checkpointer\n'
+      f'c = Checkpointer({str(tmp_path / "ck")!r})\n'
+      'try:\n'
+      "  c.save(1, {'w': jnp.zeros((3, 0)), 'b': jnp.ones(2)}, {})\n"
+      'except ValueError as e:\n'
+      '  print(e)\n'
+      '  sys.exit(7)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, timeout=120, cwd=root,
+                       env={**os.environ, 'PYTHONPATH': root})
+  assert out.returncode == 7, out.stderr[-2000:]
+  assert "['w'] has shape (3, 0)" in out.stdout

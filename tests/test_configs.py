@@ -9,6 +9,7 @@ from conftest import load_config
 from demp_jax import models
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.data import load_dataset
+from demp_jax.net import Net
 from demp_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,10 +22,13 @@ def _lr(config, step):
 
 
 def _units(config):
+  """Prunable units of the config's model at its input size (shapes only)."""
   cfg = dict(config.model)
   cfg.setdefault('num_classes', 1000 if 'imagenet' in config.dataset.name
                  else 10)
-  return sum(models.build_model(cfg).widths)
+  size = config.dataset.get('image_size', 32)
+  net, _ = Net.create(models.build_model(cfg), (size, size, 3), init=False)
+  return sum(net.widths)
 
 
 def _needs_model(config):

@@ -2,6 +2,9 @@
 specific algorithm (read from the source, every import statement)."""
 import ast
 import os
+import subprocess
+import sys
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what the training code may import of demp_jax.algorithms: the contract
@@ -72,3 +75,14 @@ def test_the_trainer_imports_no_specific_algorithm():
   for m in training:
     used = {t for t in graph[m] if t.startswith('demp_jax.algorithms')}
     assert used <= CONTRACT, (m, used - CONTRACT)
+
+
+def test_the_experiment_scripts_import_together():
+  """The scripts define their absl flags only when run, so importing
+  several in one process (as the tests do) raises no DuplicateFlagError."""
+  r = subprocess.run(
+      [sys.executable, '-c', 'import experiments.bench_surgery, '
+       'experiments.bench_train, experiments.bench_step, experiments.train, '
+       'experiments.tradeoff'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]

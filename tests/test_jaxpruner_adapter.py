@@ -15,6 +15,7 @@ from demp_jax import models
 from demp_jax import surgery
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import jaxpruner_adapter as jpa
+from demp_jax.net import Net
 from demp_jax.training.steps import TrainState, make_train_step
 
 needs_jaxpruner = pytest.mark.skipif(
@@ -129,15 +130,13 @@ def test_jaxpruner_algorithms_train_and_mask(name, tree_map):
 @needs_jaxpruner
 def test_demp_rigl_masks_are_sliced_by_demp_surgery(tree_map):
   del tree_map
-  model = models.MLP(widths=(6, 4), num_classes=3)
   shape = (2, 3, 1)
+  model, _ = Net.create(models.MLP(widths=(6, 4), num_classes=3), shape,
+                        init=False)
   variables = jax.tree_util.tree_map_with_path(
       lambda p, s: jnp.asarray(np.random.default_rng(0).uniform(
-          0.5, 1.5, s.shape), s.dtype),
-      jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                        jnp.zeros((1,) + shape))))
-  variables = {k: v for k, v in variables.items() if k != 'activations'}
-  t = model.unit_topology(shape)
+          0.5, 1.5, s.shape), s.dtype), model.abstract_variables())
+  t = model.topology
   u = create_updater_from_config({
       'algorithm': 'demp_rigl', 'sparsity': 0.5, 'dist_type': 'uniform',
       'update_start_step': 0, 'update_end_step': 4, 'update_freq': 2,
@@ -155,19 +154,19 @@ def test_demp_rigl_masks_are_sliced_by_demp_surgery(tree_map):
     state, _ = step(state, images, labels, key)
   rigl = u.rigl_state(state.opt_state).masks
   assert np.asarray(rigl['dense_0']['kernel']).mean() == pytest.approx(0.5)
-  keep = {'act_0': np.array([1, 0, 1, 1, 0, 1], bool)}
-  res = surgery.shrink(model, state.variables, keep, input_shape=shape,
+  keep = {'dense_0': np.array([1, 0, 1, 1, 0, 1], bool)}
+  res = surgery.shrink(model, state.variables, keep,
                        opt_state=state.opt_state, tx=tx,
                        probe=images.astype(jnp.float32))
   new_rigl = u.rigl_state(res.opt_state).masks
   np.testing.assert_array_equal(
       new_rigl['dense_0']['kernel'],
-      np.asarray(rigl['dense_0']['kernel'])[:, keep['act_0']])
+      np.asarray(rigl['dense_0']['kernel'])[:, keep['dense_0']])
   np.testing.assert_array_equal(
       new_rigl['dense_1']['kernel'],
-      np.asarray(rigl['dense_1']['kernel'])[keep['act_0']])
+      np.asarray(rigl['dense_1']['kernel'])[keep['dense_0']])
   # training goes on at the new widths, RigL's zeros stay zero
-  u2 = u.with_topology(res.model.unit_topology(shape))
+  u2 = u.with_topology(res.model.topology)
   state = TrainState(state.step, res.variables, res.opt_state)
   state, _ = jax.jit(make_train_step(res.model, tx, u2, (0.5,), (0.3,)))(
       state, images, labels, key)
@@ -180,13 +179,12 @@ def test_demp_rigl_masks_are_sliced_by_demp_surgery(tree_map):
 @needs_jaxpruner
 def test_channel_masks_the_unit_kernels_not_the_classes(tree_map):
   del tree_map
-  model = models.MLP(widths=(8, 6), num_classes=3)
-  shape = (2, 3, 1)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape))[
-      'params']
+  net, variables = Net.create(models.MLP(widths=(8, 6), num_classes=3),
+                              (2, 3, 1))
+  params = variables['params']
   cfg = {'algorithm': 'jaxpruner_channel', 'sparsity': 0.5,
          'update_start_step': 0, 'update_end_step': 0, 'update_freq': 1}
-  u = create_updater_from_config(cfg, topology=model.unit_topology(shape))
+  u = create_updater_from_config(cfg, topology=net.topology)
   _, masks = u.instant_sparsify(params)
   flat = flax.traverse_util.flatten_dict(masks)
   kernels = {k: v for k, v in flat.items() if k[-1] == 'kernel'}

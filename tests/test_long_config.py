@@ -5,7 +5,7 @@ import pytest
 
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.data import fashion_mnist
-from test_configs import get_config
+from conftest import load_config as get_config
 
 
 @pytest.mark.parametrize('arg', ['', 'tiny'])

@@ -45,8 +45,7 @@ def test_demp_prunes_shrinks_and_writes_the_summary(tmp_path):
   assert SUMMARY_KEYS <= set(s)
   on_disk = json.load(open(tmp_path / 'summary.json'))
   assert on_disk['units_final'] == s['units_final'] == 9
-  assert s['widths_final'] == {'conv_act_0': 3, 'conv_act_1': 3,
-                               'dense_act_0': 3}
+  assert s['widths_final'] == {'conv_0': 3, 'conv_1': 3, 'dense_0': 3}
   assert s['neuron_sparsity'] == pytest.approx(1 - 9 / 56)
   assert s['params_final'] < s['params_initial']
   assert s['flops_final'] < s['flops_initial']
@@ -90,10 +89,8 @@ def test_width_buckets_mask_instead_of_recompiling(tmp_path):
               'round_widths_to': 8, 'num_steps': 25})
   s = loop.train(c, str(tmp_path))
   # 3 live units per layer, physically rounded up to 8
-  assert s['widths_final'] == {'conv_act_0': 8, 'conv_act_1': 8,
-                               'dense_act_0': 8}
-  assert s['live_units_final'] == {'conv_act_0': 3, 'conv_act_1': 3,
-                                   'dense_act_0': 3}
+  assert s['widths_final'] == {'conv_0': 8, 'conv_1': 8, 'dense_0': 8}
+  assert s['live_units_final'] == {'conv_0': 3, 'conv_1': 3, 'dense_0': 3}
   assert s['units_final'] == 9
   assert s['compiles'] == 2
 
@@ -150,16 +147,13 @@ def test_fold_and_hold_silences_padding_units_behind_index_maps(arch):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from demp_jax import stats  # pylint: disable=g-import-not-at-top
   from demp_jax.algorithms import create_updater_from_config  # pylint: disable=g-import-not-at-top
   from demp_jax.training import parallel  # pylint: disable=g-import-not-at-top
   from demp_jax.training.steps import TrainState  # pylint: disable=g-import-not-at-top
   import testlib_models  # pylint: disable=g-import-not-at-top
-  a = testlib_models.tiny_archs()[arch]
-  model = a.make()
-  v = testlib_models.random_variables(model, a.input_shape,
-                                      np.random.default_rng(0))
-  t = model.unit_topology(a.input_shape)
+  net = testlib_models.tiny_net(arch)
+  v = testlib_models.random_variables(net, np.random.default_rng(0))
+  t = net.topology
   upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
                                    topology=t)
   tx = upd.wrap_optax(optax.sgd(0.1))
@@ -168,12 +162,13 @@ def test_fold_and_hold_silences_padding_units_behind_index_maps(arch):
   live = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
   held = shrink.fold_and_hold(upd, state, live, None,
                               parallel.DataParallel())
-  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + a.input_shape)
-  _, acts = stats.sown_activations(model, held.variables, x)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + net.input_shape)
+  _, acts = net.activations(held.variables, x)
   checked = 0
   for name, al in live.items():
     if name in acts and (~al).any():
-      assert np.all(np.asarray(acts[name])[..., ~al] == 0), name
+      for site in acts[name]:
+        assert np.all(np.asarray(site)[..., ~al] == 0), name
       checked += 1
   assert checked >= 3
 
@@ -195,8 +190,7 @@ def test_background_compile_swaps_at_a_fixed_step_and_resumes_exactly(
   ev = [e for e in s['pruning_events'] if 'swap_step' in e]
   assert [(e['step'], e['swap_step']) for e in ev] == [(10, 14)]
   assert ev[0]['overlap_steps'] == 4 and ev[0]['max_masked_diff'] <= 1e-5
-  assert ev[0]['widths'] == {'conv_act_0': 3, 'conv_act_1': 3,
-                             'dense_act_0': 3}
+  assert ev[0]['widths'] == {'conv_0': 3, 'conv_1': 3, 'dense_0': 3}
   assert s['shrink_overhead'][0]['interval_seconds'] > 0
   assert s['compiles'] == 2
   # Die right after the checkpoint of step 12: decided and held, not yet
@@ -286,12 +280,13 @@ def test_resuming_a_finished_run_writes_a_complete_summary(tmp_path, capsys):
 
 def test_a_zero_width_layer_is_refused_before_training(tmp_path):
   """It used to train until the first checkpoint, where orbax failed on the
-  zero-size arrays and could hang the interpreter's exit."""
+  zero-size arrays and could hang the interpreter's exit. The config check
+  refuses it now, as a bad command line."""
   if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
     pytest.skip('Fashion-MNIST is not installed')
   r = _cli('--workdir', str(tmp_path), '--config.model.conv_widths=(8,0)',
            '--config.checkpoint_every=5')
-  assert r.returncode == 1, r.stderr[-2000:]
-  assert "error: model variable ['batch_stats']['conv_bn_1']" in r.stderr
-  assert 'config.model must be >= 1' in r.stderr
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert 'error: config.model.conv_widths=(8, 0)' in r.stderr
+  assert 'integer >= 1' in r.stderr
   assert not os.path.exists(tmp_path / 'metrics.jsonl')  # no step trained

@@ -4,29 +4,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from demp_jax import models, stats, surgery
+from demp_jax import models, surgery
 from demp_jax import topology as topo
 from demp_jax.models import layers
-
-
-def _init(model, shape, seed=0):
-  x = jnp.zeros((1,) + tuple(shape), jnp.float32)
-  v = model.init(jax.random.PRNGKey(seed), x, train=False)
-  return {k: val for k, val in v.items() if k != 'activations'}
+from demp_jax.net import Net
 
 
 @pytest.fixture(scope='module')
 def r18():
-  model = models.ResNet18(base_width=2, num_classes=5)
-  shape = (32, 32, 3)
-  return model, shape, _init(model, shape)
+  return Net.create(models.ResNet18(base_width=2, num_classes=5), (32, 32, 3))
 
 
 @pytest.fixture(scope='module')
 def r50():
-  model = models.ResNet50(base_width=1, num_classes=5)
-  shape = (32, 32, 3)
-  return model, shape, _init(model, shape)
+  return Net.create(models.ResNet50(base_width=1, num_classes=5), (32, 32, 3))
 
 
 def test_full_size_unit_counts_match_the_paper():
@@ -57,14 +48,16 @@ def test_projection_only_where_the_default_shape_changes():
 
 
 def test_resnet18_topology_validates_and_sows_its_groups(r18):
-  model, shape, v = r18
-  t = model.unit_topology(shape)
+  net, v = r18
+  assert net.handwritten
+  t = net.topology
   t.validate(v)
   assert t.names[:3] == ('stem_act', 'block0_0/act1', 'block0_0/out')
-  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + shape)
-  logits, acts = stats.sown_activations(model, v, x)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + net.input_shape)
+  logits, acts = net.activations(v, x)
   assert logits.shape == (3, 5)
   assert set(acts) == set(t.names)
+  acts = {k: a for k, (a,) in acts.items()}   # one site per group
   for g in t.groups:
     assert acts[g.name].shape[-1] == g.size
   # CIFAR stem keeps 32x32; strides 1/2/2/2
@@ -90,8 +83,9 @@ def test_resnet18_head_tile_after_the_4x4_pool():
 
 
 def test_resnet50_structure(r50):
-  model, shape, v = r50
-  t = model.unit_topology(shape)
+  net, v = r50
+  model, shape = net.module, net.input_shape
+  t = net.topology
   t.validate(v)
   p = v['params']
   # zero-initialised scale on each block's last BN only
@@ -103,9 +97,10 @@ def test_resnet50_structure(r50):
   # v1.5: the stride is on the 3x3 conv; 7x7/2 stem, 3x3/2 max-pool
   assert p['stem_conv']['kernel'].shape == (7, 7, 3, 1)
   x = jax.random.normal(jax.random.PRNGKey(1), (2,) + shape)
-  logits, acts = stats.sown_activations(model, v, x)
+  logits, acts = net.activations(v, x)
   assert logits.shape == (2, 5)
   assert set(acts) == set(t.names)
+  acts = {k: a for k, (a,) in acts.items()}   # one site per group
   assert acts['stem_act'].shape[1:3] == (16, 16)
   assert acts['block0_0/act1'].shape[1:3] == (8, 8)
   assert acts['block1_0/act1'].shape[1:3] == (8, 8)   # 1x1 conv: no stride
@@ -123,9 +118,9 @@ def test_gather_channels_is_a_selection_with_zero_for_minus_one():
 
 
 def test_residual_channel_removal_slices_and_renumbers_the_index(r18):
-  model, shape, v = r18
+  net, v = r18
   keep = {'block0_0/out': np.array([False, True])}
-  res = surgery.shrink(model, v, keep, input_shape=shape)
+  res = surgery.shrink(net, v, keep)
   sc = res.variables['shortcut']
   # block0_0 produces its output from the stem: entry 0 goes, entry 1 stays
   np.testing.assert_array_equal(sc['block0_0']['index'], [1])
@@ -137,28 +132,28 @@ def test_residual_channel_removal_slices_and_renumbers_the_index(r18):
 
 
 def test_silenced_residual_units_output_zero(r18):
-  model, shape, v = r18
-  t = model.unit_topology(shape)
+  net, v = r18
+  t = net.topology
   rng = np.random.default_rng(0)
   alive = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
   masked = topo.silence_units(t, v, alive)
-  x = jax.random.normal(jax.random.PRNGKey(2), (2,) + shape)
-  _, acts = stats.sown_activations(model, masked, x)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2,) + net.input_shape)
+  _, acts = net.activations(masked, x)
+  assert set(acts) == set(alive)
   for name, a in alive.items():
-    assert np.all(np.asarray(acts[name])[..., ~a] == 0), name
+    for site in acts[name]:
+      assert np.all(np.asarray(site)[..., ~a] == 0), name
 
 
 def test_all_internal_units_of_a_block_can_go(r18):
-  model, shape, v = r18
-  x = jax.random.normal(jax.random.PRNGKey(3), (2,) + shape)
+  net, v = r18
+  x = jax.random.normal(jax.random.PRNGKey(3), (2,) + net.input_shape)
   keep = {'block1_1/act1': np.zeros(4, bool)}
-  res = surgery.shrink(model, v, keep, input_shape=shape, probe=x,
-                       min_width=0)
-  assert res.model.widths[model.unit_topology(shape).names.index(
-      'block1_1/act1')] == 0
+  res = surgery.shrink(net, v, keep, probe=x, min_width=0)
+  assert res.model.widths[net.topology.names.index('block1_1/act1')] == 0
   assert res.max_masked_diff <= 1e-5
   with pytest.raises(ValueError, match='every unit'):
-    surgery.shrink(model, v, keep, input_shape=shape)
+    surgery.shrink(net, v, keep)
 
 
 def test_with_widths_and_build_model_errors():

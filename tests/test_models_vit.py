@@ -7,50 +7,47 @@ import pytest
 from demp_jax import models, stats, surgery
 from demp_jax import topology as topo
 from demp_jax.models import layers
+from demp_jax.net import Net
 
 SHAPE = (8, 8, 3)
 
 
-def _init(model):
-  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), train=False)
-  return {k: x for k, x in v.items() if k != 'activations'}
-
-
 @pytest.fixture(scope='module')
 def vit_out():
-  m = models.ViT(patch_size=4, hidden_size=8, depth=2, num_heads=2,
-                 mlp_dim=6, num_classes=4, activation='relu',
-                 mlp_out_activation=True)
-  return m, _init(m)
+  return Net.create(models.ViT(patch_size=4, hidden_size=8, depth=2,
+                               num_heads=2, mlp_dim=6, num_classes=4,
+                               activation='relu', mlp_out_activation=True),
+                    SHAPE)
 
 
 @pytest.mark.parametrize('act', ['relu', 'gelu'])
-def test_topology_validates_and_names_match_sown(act):
-  m = models.ViT(patch_size=4, hidden_size=8, depth=3, num_heads=2,
-                 mlp_dim=6, num_classes=4, activation=act)
-  v = _init(m)
-  t = m.unit_topology(SHAPE)
+def test_topology_validates_and_names_match_the_activations(act):
+  net, v = Net.create(models.ViT(patch_size=4, hidden_size=8, depth=3,
+                                 num_heads=2, mlp_dim=6, num_classes=4,
+                                 activation=act), SHAPE)
+  t = net.topology
   t.validate(v)
-  assert t.names == ('block_0/mlp/act', 'block_1/mlp/act', 'block_2/mlp/act')
-  assert m.widths == (6, 6, 6)
+  assert t.names == ('block_0/mlp/fc1', 'block_1/mlp/fc1', 'block_2/mlp/fc1')
+  assert net.widths == (6, 6, 6)
   x = jax.random.normal(jax.random.PRNGKey(1), (2,) + SHAPE)
-  logits, acts = stats.sown_activations(m, v, x)
+  logits, acts = net.activations(v, x)
   assert logits.shape == (2, 4)
   assert set(acts) == set(t.names)
-  assert acts['block_0/mlp/act'].shape == (2, 5, 6)  # CLS + 2x2 patches
+  (a0,), (a1,) = acts['block_0/mlp/fc1'], acts['block_1/mlp/fc1']
+  assert a0.shape == (2, 5, 6)  # CLS + 2x2 patches
   if act == 'relu':
-    assert float(jnp.min(acts['block_1/mlp/act'])) >= 0
+    assert float(jnp.min(a1)) >= 0
   else:
-    assert float(jnp.min(acts['block_1/mlp/act'])) < 0
+    assert float(jnp.min(a1)) < 0
 
 
 def test_mlp_out_activation_adds_an_independent_group(vit_out):
-  m, v = vit_out
-  t = m.unit_topology(SHAPE)
+  net, v = vit_out
+  t = net.topology
   t.validate(v)
   assert t.names == ('block_0/mlp/act', 'block_0/mlp/out_act',
                      'block_1/mlp/act', 'block_1/mlp/out_act')
-  assert m.widths == (6, 8, 6, 8)
+  assert net.widths == (6, 8, 6, 8)
   np.testing.assert_array_equal(v['shortcut']['block_0']['mlp']['out_index'],
                                 np.arange(8))
   # an out group only produces: fc2 columns, bias and the scatter map
@@ -60,14 +57,14 @@ def test_mlp_out_activation_adds_an_independent_group(vit_out):
 
 
 def test_removing_mlp_units_and_outputs_is_exact_on_the_masked_net(vit_out):
-  m, v = vit_out
+  net, v = vit_out
   rng = np.random.default_rng(0)
-  t = m.unit_topology(SHAPE)
+  t = net.topology
   keep = {g.name: rng.random(g.size) < 0.5 for g in t.groups}
   for k in keep.values():
     k[rng.integers(k.size)] = True
   x = jax.random.normal(jax.random.PRNGKey(2), (3,) + SHAPE)
-  res = surgery.shrink(m, v, keep, input_shape=SHAPE, probe=x)
+  res = surgery.shrink(net, v, keep, probe=x)
   assert res.max_masked_diff <= 1e-5
   assert res.model.widths == tuple(int(keep[n].sum()) for n in t.names)
   kept = np.flatnonzero(keep['block_0/mlp/out_act'])
@@ -80,7 +77,7 @@ def test_removing_mlp_units_and_outputs_is_exact_on_the_masked_net(vit_out):
 
 def test_dead_mlp_output_removal_keeps_the_function(vit_out):
   """An MLP output that is 0 on every token writes nothing to the stream."""
-  m, v = vit_out
+  net, v = vit_out
   fc2 = v['params']['block_1']['mlp']['fc2']
   kernel = np.asarray(fc2['kernel']).copy()
   bias = np.asarray(fc2['bias']).copy()
@@ -91,7 +88,7 @@ def test_dead_mlp_output_removal_keeps_the_function(vit_out):
                     jnp.asarray(bias))
   x = jax.random.normal(jax.random.PRNGKey(3), (2,) + SHAPE)
   keep = {'block_1/mlp/out_act': np.arange(8) != 3}
-  res = surgery.shrink(m, p, keep, input_shape=SHAPE, probe=x)
+  res = surgery.shrink(net, p, keep, probe=x)
   assert res.max_output_change <= 1e-5
   np.testing.assert_array_equal(
       res.variables['shortcut']['block_1']['mlp']['out_index'],
@@ -112,19 +109,20 @@ def test_with_widths_checks_the_count():
 
 
 def test_heads_as_units():
-  m = models.ViT(patch_size=4, hidden_size=6, depth=2, num_heads=3,
-                 mlp_dim=4, num_classes=4, prune_heads=True)
-  v = _init(m)
-  t = m.unit_topology(SHAPE)
+  net, v = Net.create(models.ViT(patch_size=4, hidden_size=6, depth=2,
+                                 num_heads=3, mlp_dim=4, num_classes=4,
+                                 prune_heads=True), SHAPE)
+  t = net.topology
   t.validate(v)
   assert t.names == ('block_0/attn/heads', 'block_0/mlp/act',
                      'block_1/attn/heads', 'block_1/mlp/act')
-  assert m.widths == (3, 4, 3, 4)
+  assert net.widths == (3, 4, 3, 4)
   assert v['params']['block_0']['attn']['query']['kernel'].shape == (6, 3, 2)
   x = jax.random.normal(jax.random.PRNGKey(4), (2,) + SHAPE)
-  _, acts = stats.sown_activations(m, v, x)
+  _, acts = net.activations(v, x)
   assert set(acts) == set(t.names)
-  assert acts['block_1/attn/heads'].shape == (2, 5, 2, 3)  # [B, T, d_h, H]
+  (heads,) = acts['block_1/attn/heads']
+  assert heads.shape == (2, 5, 2, 3)  # [B, T, d_h, H]
   # a head whose values are 0 outputs 0: dead, and removing it is exact
   p = v
   for leaf in ('kernel', 'bias'):
@@ -132,18 +130,19 @@ def test_heads_as_units():
     a = np.asarray(topo.get_leaf(p, key)).copy()
     a[..., 1, :] = 0.0
     p = topo.set_leaf(p, key, jnp.asarray(a))
-  s = stats.saturation_stats(m, p, x[None], 0.0)
+  s = stats.saturation_stats(net, p, x[None], 0.0)
   np.testing.assert_array_equal(s['block_1/attn/heads'].dead,
                                 [False, True, False])
-  res = surgery.shrink(m, p, {'block_1/attn/heads': np.array([1, 0, 1], bool),
-                              'block_0/attn/heads': np.array([0, 0, 0], bool)},
-                       input_shape=SHAPE, probe=x, min_width=0)
+  res = surgery.shrink(net, p,
+                       {'block_1/attn/heads': np.array([1, 0, 1], bool),
+                        'block_0/attn/heads': np.array([0, 0, 0], bool)},
+                       probe=x, min_width=0)
   assert res.model.widths == (0, 4, 2, 4)
   assert res.max_masked_diff <= 1e-5
   assert res.variables['params']['block_1']['attn']['out']['kernel'].shape \
       == (2, 2, 6)
   # block 1 lost only its dead head: the change is block 0's heads
-  res1 = surgery.shrink(m, p, {'block_1/attn/heads': np.array([1, 0, 1],
-                                                              bool)},
-                        input_shape=SHAPE, probe=x)
+  res1 = surgery.shrink(net, p, {'block_1/attn/heads': np.array([1, 0, 1],
+                                                                bool)},
+                        probe=x)
   assert res1.max_output_change <= 1e-5

@@ -4,11 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_vars, randomize_batch_stats
+from conftest import randomize_batch_stats
 from demp_jax import models
+from demp_jax.net import Net
 from demp_jax.training import loop
+from demp_jax.training import recalibrate as recalibrate_lib
 from demp_jax.training.recalibrate import recalibrate
 from test_loop import needs_fmnist, tiny
+import user_models
 
 ARCHS = {
     'vgg': (lambda: models.VGG(conv_widths=(4, 6), pool_after=(0,),
@@ -16,14 +19,20 @@ ARCHS = {
             (8, 8, 1)),
     'resnet18': (lambda: models.ResNet18(base_width=2, num_classes=3,
                                          pool_size=None), (8, 8, 3)),
+    'nnx_cnn': (lambda: user_models.NFlattenCNN(user_models.nnx.Rngs(0)),
+                user_models.IMAGE),
 }
+
+
+def _net(make, shape):
+  return Net.create(make(), shape)
 
 
 def _setup(name, n=3, batch=16):
   make, shape = ARCHS[name]
-  model = make()
+  model, variables = _net(make, shape)
   # stale running statistics: random, far from the batch statistics
-  variables = randomize_batch_stats(init_vars(model, shape), seed=1)
+  variables = randomize_batch_stats(variables, seed=1)
   x = 1.5 * jax.random.normal(jax.random.PRNGKey(2), (n, batch) + shape) + 0.5
   return model, variables, x
 
@@ -63,8 +72,9 @@ def test_several_batches_average_the_batch_statistics():
 
 def test_first_layer_statistics_match_a_direct_computation():
   # MLP: the first norm's input is x W + b, so its statistics are known.
-  model = models.MLP(widths=(6, 4), num_classes=3)
-  variables = randomize_batch_stats(init_vars(model, (5,)), seed=3)
+  model, variables = _net(lambda: models.MLP(widths=(6, 4), num_classes=3),
+                          (5,))
+  variables = randomize_batch_stats(variables, seed=3)
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 32, 5)) * 3.0 + 1.0
   new = recalibrate(model, variables, x)
   p = variables['params']['dense_0']
@@ -78,16 +88,16 @@ def test_first_layer_statistics_match_a_direct_computation():
 
 
 def test_a_model_without_batch_norm_is_returned_unchanged():
-  model = models.MLP(widths=(6,), num_classes=3, use_bn=False)
-  variables = init_vars(model, (5,))
+  model, variables = _net(
+      lambda: models.MLP(widths=(6,), num_classes=3, use_bn=False), (5,))
   new = recalibrate(model, variables, jnp.ones((2, 4, 5)))
   assert set(new) == set(variables) == {'params'}
   jax.tree.map(np.testing.assert_array_equal, new, variables)
 
 
 def test_batches_without_a_batch_axis_are_refused_by_shape():
-  model = models.MLP(widths=(6,), num_classes=3)
-  variables = init_vars(model, (5,))
+  model, variables = _net(lambda: models.MLP(widths=(6,), num_classes=3),
+                          (5,))
   with pytest.raises(ValueError, match=r'\[N, B, \.\.\.\].*\(32, 5\)'):
     recalibrate(model, variables, jnp.ones((32, 5)))
 
@@ -101,7 +111,7 @@ def test_the_loop_recalibrates_before_every_death_check_and_evaluation(
     calls.append(batches.shape)
     return recalibrate(model, variables, batches)
 
-  monkeypatch.setattr(loop, 'recalibrate', counted)
+  monkeypatch.setattr(recalibrate_lib, 'recalibrate', counted)
   c = tiny(**{'bn_recalibration_batches': 2, 'eval_every': 10})
   s = loop.train(c, str(tmp_path / 'on'))
   events, evals = s['pruning_events'], s['evals']

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from demp_jax import models, stats
-from conftest import init_vars
+from demp_jax.net import Net
 
 
 def _kill(variables, bn, units):
@@ -16,69 +16,69 @@ def _kill(variables, bn, units):
 
 
 def test_finds_exactly_the_units_killed_in_a_hand_built_cnn(small_cnn):
-  v = init_vars(small_cnn, (8, 8, 3))
+  net, v = small_cnn
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 8, 8, 3))
-  before = stats.saturation_stats(small_cnn, v, x, 0.0)
-  killed = {'conv_act_1': ('conv_bn_1', [0, 5]),
-            'dense_act_0': ('dense_bn_0', [3, 4, 15])}
+  before = stats.saturation_stats(net, v, x, 0.0)
+  killed = {'conv_1': ('conv_bn_1', [0, 5]),
+            'dense_0': ('dense_bn_0', [3, 4, 15])}
   for name, (bn, units) in killed.items():
-    after = stats.saturation_stats(small_cnn, _kill(v, bn, units), x, 0.0)
+    after = stats.saturation_stats(net, _kill(v, bn, units), x, 0.0)
     assert set(after) == set(before)
     # groups before the killed one are unchanged
-    np.testing.assert_array_equal(after['conv_act_0'].dead,
-                                  before['conv_act_0'].dead)
+    np.testing.assert_array_equal(after['conv_0'].dead,
+                                  before['conv_0'].dead)
     want = np.asarray(before[name].dead).copy()
     want[units] = True
     np.testing.assert_array_equal(after[name].dead, want)
     np.testing.assert_allclose(np.asarray(after[name].apoz)[units], 1.0)
     assert np.all(np.asarray(after[name].mean_abs)[units] == 0)
-  assert not np.all(before['conv_act_1'].dead)
+  assert not np.all(before['conv_1'].dead)
 
 
 def test_dead_means_dead_on_every_batch():
   """A unit that fires on one batch only is not dead (logical AND)."""
   m = models.MLP(widths=(3,), use_bn=False, num_classes=2)
-  v = init_vars(m, (2,))
+  net, v = Net.create(m, (2,))
   p = v['params']
   # unit j: relu(x0 * k_j); unit 0 fires only for positive x0
   p['dense_0']['kernel'] = jnp.array([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   p['dense_0']['bias'] = jnp.zeros(3)
   neg = -jnp.ones((4, 2))
   batches = jnp.stack([neg, neg.at[0, 0].set(1.0)])
-  s = stats.saturation_stats(m, {'params': p}, batches, 0.0)
-  np.testing.assert_array_equal(s['act_0'].dead, [False, True, False])
-  s1 = stats.saturation_stats(m, {'params': p}, batches[:1], 0.0)
-  np.testing.assert_array_equal(s1['act_0'].dead, [True, True, False])
+  s = stats.saturation_stats(net, {'params': p}, batches, 0.0)
+  np.testing.assert_array_equal(s['dense_0'].dead, [False, True, False])
+  s1 = stats.saturation_stats(net, {'params': p}, batches[:1], 0.0)
+  np.testing.assert_array_equal(s1['dense_0'].dead, [True, True, False])
   # apoz of unit 0: one non-zero entry out of 8
-  np.testing.assert_allclose(s['act_0'].apoz[0], 7 / 8)
+  np.testing.assert_allclose(s['dense_0'].apoz[0], 7 / 8)
   # mean |a|: unit 2 outputs relu(-x0) = 1 everywhere but one entry
-  np.testing.assert_allclose(s['act_0'].mean_abs, [1 / 8, 0, 7 / 8])
-  np.testing.assert_allclose(s['act_0'].dormancy,
+  np.testing.assert_allclose(s['dense_0'].mean_abs, [1 / 8, 0, 7 / 8])
+  np.testing.assert_allclose(s['dense_0'].dormancy,
                              np.array([1 / 8, 0, 7 / 8]) / (1 / 3))
 
 
 def test_epsilon_relaxes_the_test():
   m = models.MLP(widths=(2,), use_bn=False, num_classes=2)
-  v = init_vars(m, (1,))
+  net, v = Net.create(m, (1,))
   p = v['params']
   p['dense_0']['kernel'] = jnp.array([[1e-4, 1.0]])
   p['dense_0']['bias'] = jnp.zeros(2)
   x = jnp.ones((1, 5, 1))
-  assert not np.any(stats.saturation_stats(m, {'params': p}, x, 0.0)
-                    ['act_0'].dead)
+  assert not np.any(stats.saturation_stats(net, {'params': p}, x, 0.0)
+                    ['dense_0'].dead)
   np.testing.assert_array_equal(
-      stats.saturation_stats(m, {'params': p}, x, 1e-3)['act_0'].dead,
+      stats.saturation_stats(net, {'params': p}, x, 1e-3)['dense_0'].dead,
       [True, False])
 
 
 def test_dynamic_dead_rate_counts_zero_outputs_per_example():
   m = models.MLP(widths=(4,), use_bn=False, num_classes=2)
-  v = init_vars(m, (1,))
+  net, v = Net.create(m, (1,))
   p = v['params']
   p['dense_0']['kernel'] = jnp.array([[1.0, -1.0, 0.0, 2.0]])
   p['dense_0']['bias'] = jnp.zeros(4)
   x = jnp.array([[[1.0], [-1.0]]])  # one batch of two examples
   # x=1: outputs (1,0,0,2): 2 zeros of 4; x=-1: (0,1,0,0): 3 zeros of 4
-  rates = stats.dead_rates(m, {'params': p}, x)
+  rates = stats.dead_rates(net, {'params': p}, x)
   np.testing.assert_allclose(rates.dynamic_dead_rate, (2 / 4 + 3 / 4) / 2)
   assert (rates.dead_units, rates.units) == (1, 4)  # unit 2 is always 0

@@ -5,24 +5,27 @@ import numpy as np
 import pytest
 
 from demp_jax import models, stats
+from demp_jax.net import Net
 from testlib_models import random_variables
 
 
 def test_min_max_are_over_batches_examples_and_positions():
-  model = models.VGG(conv_widths=(3,), dense_widths=(4,), pool_after=(0,),
-                     num_classes=2)
-  v = random_variables(model, (4, 4, 1), np.random.default_rng(0))
+  net, _ = Net.create(models.VGG(conv_widths=(3,), dense_widths=(4,),
+                                 pool_after=(0,), num_classes=2), (4, 4, 1),
+                      init=False)
+  v = random_variables(net, np.random.default_rng(0))
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 4, 1))
-  s = stats.saturation_stats(model, v, x, 0.0)
-  acts = [stats.sown_activations(model, v, xb)[1] for xb in x]
-  for name in ('conv_act_0', 'dense_act_0'):
-    a = np.stack([np.asarray(b[name]) for b in acts])
+  s = stats.saturation_stats(net, v, x, 0.0)
+  acts = [net.activations(v, xb)[1] for xb in x]
+  for name in ('conv_0', 'dense_0'):
+    (a,) = zip(*[b[name] for b in acts])     # one site per group
+    a = np.stack([np.asarray(y) for y in a])
     axes = tuple(range(a.ndim - 1))
     np.testing.assert_allclose(s[name].min, a.min(axis=axes), rtol=1e-6)
     np.testing.assert_allclose(s[name].max, a.max(axis=axes), rtol=1e-6)
-  _, ranges = stats.activation_range(model, v, x[0])
-  np.testing.assert_allclose(ranges['conv_act_0'].max,
-                             np.asarray(acts[0]['conv_act_0']).max((0, 1, 2)))
+  _, ranges = stats.activation_range(net, v, x[0])
+  np.testing.assert_allclose(ranges['conv_0'].max,
+                             np.asarray(acts[0]['conv_0'][0]).max((0, 1, 2)))
 
 
 def test_constant_outputs_rule():

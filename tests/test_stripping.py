@@ -16,11 +16,15 @@ from demp_jax.algorithms import base
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import masked
 from demp_jax.algorithms import stripping
+from demp_jax.net import Net
 
-def init_vars(model, shape, seed=0):
-  """Random variables from the shapes alone: nothing to compile."""
-  return testlib_models.random_variables(model, shape,
-                                         np.random.default_rng(seed), 0.0)
+
+def _net(model, shape, seed=0):
+  """``(net, random variables)`` from the shapes alone: nothing to
+  compile."""
+  net, _ = Net.create(model, shape, init=False)
+  return net, testlib_models.random_variables(
+      net, np.random.default_rng(seed), 0.0)
 
 
 # --------------------------------------------------------- the rule by hand
@@ -92,17 +96,16 @@ def test_matches_numpy_linear_quantile_on_ragged_columns():
 
 
 def test_conv_kernels_strip_per_output_channel():
-  model = models.VGG(conv_widths=(3, 4), dense_widths=(5,), pool_after=(0,),
-                     num_classes=2)
-  shape = (8, 8, 2)
-  params = init_vars(model, shape)['params']
-  topology = model.unit_topology(shape)
+  net, v = _net(models.VGG(conv_widths=(3, 4), dense_widths=(5,),
+                           pool_after=(0,), num_classes=2), (8, 8, 2))
+  params = v['params']
+  topology = net.topology
   upd = stripping.SynapticStripping(topology=topology)
   masks = upd.get_initial_masks(params)
   assert masks['conv_1']['kernel'].shape == (3, 3, 3, 4)
   assert masks['conv_bn_1']['scale'] is None  # only kernels are stripped
   dead = {g.name: np.zeros(g.size, bool) for g in topology.groups}
-  dead['conv_act_1'][2] = True
+  dead['conv_1'][2] = True
   new = stripping.strip_masks(topology, params, masks, dead, 0.25)
   k = np.asarray(params['conv_1']['kernel'])
   got = np.asarray(new['conv_1']['kernel'])
@@ -118,39 +121,38 @@ def test_conv_kernels_strip_per_output_channel():
 
 
 def _mlp_with_a_dead_unit():
-  """act_1 unit 3 is dead by construction: its incoming weights (from the
-  ReLU outputs of act_0, all >= 0) are negative and its bias is -0.1; the
-  other act_1 units have bias 1 (alive)."""
-  model = models.MLP(widths=(40, 6), num_classes=3, use_bn=False)
-  shape = (4, 4, 1)
-  params = init_vars(model, shape)['params']
+  """dense_1 unit 3 is dead by construction: its incoming weights (from the
+  ReLU outputs of dense_0, all >= 0) are negative and its bias is -0.1; the
+  other dense_1 units have bias 1 (alive)."""
+  net, v = _net(models.MLP(widths=(40, 6), num_classes=3, use_bn=False),
+                (4, 4, 1))
+  params = v['params']
   k = np.asarray(params['dense_1']['kernel']).copy()
   k[:, 3] = -np.abs(np.linspace(0.1, 2.0, 40))
-  b = np.ones(6)  # the other units of act_1 are alive
+  b = np.ones(6)  # the other units of dense_1 are alive
   b[3] = -0.1
   params = {**params, 'dense_1': {'kernel': jnp.asarray(k),
                                   'bias': jnp.asarray(b)}}
-  return model, shape, params
+  return net, params
 
 
-def _ctx(model, shape, params, opt_state, seed=0):
-  x = jax.random.normal(jax.random.PRNGKey(seed), (2, 16) + shape)
-  return base.PruneContext(7, model, model.unit_topology(shape),
-                           {'params': params}, opt_state, x,
-                           jnp.zeros((2, 16), jnp.int32))
+def _ctx(net, params, opt_state, seed=0):
+  x = jax.random.normal(jax.random.PRNGKey(seed), (2, 16) + net.input_shape)
+  return base.PruneContext(7, net, net.topology, {'params': params},
+                           opt_state, x, jnp.zeros((2, 16), jnp.int32))
 
 
 def test_decide_strips_the_dead_unit_only():
-  model, shape, params = _mlp_with_a_dead_unit()
+  net, params = _mlp_with_a_dead_unit()
   upd = create_updater_from_config(
       {'algorithm': 'synaptic_stripping', 'stripping_factor': 0.05},
-      topology=model.unit_topology(shape))
+      topology=net.topology)
   assert isinstance(upd, stripping.SynapticStripping)
   tx = upd.wrap_optax(optax.adamw(1e-3))
   state = tx.init(params)
-  ctx = _ctx(model, shape, params, state)
+  ctx = _ctx(net, params, state)
   stats = ctx.stats()
-  assert np.flatnonzero(np.asarray(stats['act_1'].dead)).tolist() == [3]
+  assert np.flatnonzero(np.asarray(stats['dense_1'].dead)).tolist() == [3]
   decision = upd.decide(ctx)
   new = decision.masks
   assert decision.keep is None  # no unit is removed
@@ -163,13 +165,13 @@ def test_decide_strips_the_dead_unit_only():
   assert np.flatnonzero(col == 0).tolist() == [38, 39]  # -1.95.., -2.0
   others = np.delete(np.asarray(new['dense_1']['kernel']), 3, axis=1)
   np.testing.assert_array_equal(others, 1)
-  dead0 = np.asarray(stats['act_0'].dead)
+  dead0 = np.asarray(stats['dense_0'].dead)
   k0 = np.asarray(new['dense_0']['kernel'])
   assert np.all(k0[:, ~dead0] == 1)
   metrics = decision.metrics
   assert metrics['stripped_now'] == 40 - 38 + int((k0 == 0).sum())
   assert metrics['dead_units'] == int(dead0.sum()) + 1
-  assert metrics['dead_found'] == {'act_0': int(dead0.sum()), 'act_1': 1}
+  assert metrics['dead_found'] == {'dense_0': int(dead0.sum()), 'dense_1': 1}
   # Off (q = 0): measures, strips nothing.
   off = stripping.SynapticStripping(topology=upd.topology,
                                     stripping_factor=0.0)
@@ -178,8 +180,8 @@ def test_decide_strips_the_dead_unit_only():
 
 
 def test_masks_survive_adamw_with_nonzero_moments():
-  model, shape, params = _mlp_with_a_dead_unit()
-  upd = stripping.SynapticStripping(topology=model.unit_topology(shape))
+  net, params = _mlp_with_a_dead_unit()
+  upd = stripping.SynapticStripping(topology=net.topology)
   tx = upd.wrap_optax(optax.adamw(1e-2, weight_decay=1e-2))
   inner = optax.adamw(1e-2, weight_decay=1e-2)
   state, inner_state = tx.init(params), inner.init(params)
@@ -214,11 +216,11 @@ def test_masks_survive_adamw_with_nonzero_moments():
 
 
 def test_vit_mlp_groups_get_masks_and_patterns_select_them():
-  model = models.ViT(patch_size=8, hidden_size=16, depth=2, num_heads=2,
-                     mlp_dim=24, activation='relu', mlp_out_activation=True)
-  shape = (16, 16, 3)
-  params = init_vars(model, shape)['params']
-  topology = model.unit_topology(shape)
+  net, v = _net(models.ViT(patch_size=8, hidden_size=16, depth=2,
+                           num_heads=2, mlp_dim=24, activation='relu',
+                           mlp_out_activation=True), (16, 16, 3))
+  params = v['params']
+  topology = net.topology
   upd = stripping.SynapticStripping(topology=topology)
   masks = upd.get_initial_masks(params)
   with_masks = sorted('/'.join(topo.key_path(k)) for k, v in

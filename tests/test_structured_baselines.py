@@ -15,17 +15,16 @@ from demp_jax.algorithms import create_updater_from_config
 from demp_jax.algorithms import schedules
 from demp_jax.algorithms import scores as sc
 from demp_jax.algorithms import structured
+from demp_jax.net import Net
 
 IN = (2, 3, 1)  # tiny "images": 6 inputs
 
 
-def init_vars(model, input_shape, seed=0):
-  """Random variables of the model's shapes, without running (and
+def init_vars(net, seed=0):
+  """Random variables of the net's shapes, without running (and
   compiling) its initialisers: normal params, random running means and
   positive running variances, so eval mode is not the identity."""
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(input_shape)),
-      train=False))
+  shapes = net.abstract_variables()
   rng = np.random.default_rng(seed)
 
   def fill(path, s):
@@ -35,8 +34,7 @@ def init_vars(model, input_shape, seed=0):
     scale = 0.5 if name in ('kernel', 'mean') else 0.3
     return jnp.asarray(rng.normal(0, scale, s.shape), s.dtype)
 
-  v = jax.tree_util.tree_map_with_path(fill, shapes)
-  return {k: x for k, x in v.items() if k != 'activations'}
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _data(n=2, b=7, classes=3, seed=0):
@@ -64,9 +62,15 @@ def _explicit_loss(variables, gates, x, y, use_bn):
   return -logp[xp.arange(len(y)), y].mean()
 
 
+def _mlp(widths, use_bn=True, num_classes=3):
+  """The MLP's Net on ``IN`` (shapes only)."""
+  return Net.create(models.MLP(widths=widths, num_classes=num_classes,
+                               use_bn=use_bn), IN, init=False)[0]
+
+
 def _model_and_vars(use_bn, widths=(5, 4), seed=0):
-  m = models.MLP(widths=widths, num_classes=3, use_bn=use_bn)
-  return m, init_vars(m, IN, seed=seed)
+  net = _mlp(widths, use_bn)
+  return net, init_vars(net, seed=seed)
 
 
 def test_gate_gradient_equals_the_explicit_formula_without_norm():
@@ -74,7 +78,7 @@ def test_gate_gradient_equals_the_explicit_formula_without_norm():
   W2[j, :], with a the post-ReLU output and p the softmax."""
   m, v = _model_and_vars(use_bn=False, widths=(5,))
   x, y = _data()
-  got = sc.gate_gradient(m, v, x, y)['act_0']
+  got = sc.gate_gradient(m, v, x, y)['dense_0']
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), v['params'])
   want = np.zeros(5)
   for b in range(x.shape[0]):
@@ -87,7 +91,7 @@ def test_gate_gradient_equals_the_explicit_formula_without_norm():
     want += np.mean(a * (delta @ p['logits']['kernel'].T), axis=0)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   # the gate went through the kernel column and the bias (no norm layer)
-  refs = sc.gate_refs(m.unit_topology(IN))['act_0']
+  refs = sc.gate_refs(m.topology)['dense_0']
   assert {r.path for r in refs} == {('dense_0', 'kernel'), ('dense_0', 'bias')}
 
 
@@ -97,7 +101,7 @@ def test_gate_gradient_through_batchnorm_matches_finite_differences():
   m, v = _model_and_vars(use_bn=True)
   x, y = _data()
   got = sc.gate_gradient(m, v, x, y)
-  assert {r.path for r in sc.gate_refs(m.unit_topology(IN))['act_1']} == {
+  assert {r.path for r in sc.gate_refs(m.topology)['dense_1']} == {
       ('bn_1', 'scale'), ('bn_1', 'bias')}
   v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), v)
   xs = [np.asarray(x[b], np.float64) for b in range(x.shape[0])]
@@ -116,10 +120,10 @@ def test_gate_gradient_through_batchnorm_matches_finite_differences():
       up = total(*cs)
       cs[layer][i] -= 2 * eps
       fd[i] = (up - total(*cs)) / (2 * eps)
-    np.testing.assert_allclose(got[f'act_{layer}'], fd, rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(got[f'dense_{layer}'], fd, rtol=2e-3, atol=2e-5)
   # SNAP is the absolute value of that sum
   snap = sc.snap_scores(m, v, x, y)
-  np.testing.assert_allclose(snap['act_1'], np.abs(got['act_1']))
+  np.testing.assert_allclose(snap['dense_1'], np.abs(got['dense_1']))
 
 
 def test_crop_score_is_abs_of_summed_hessian_gradient_products():
@@ -139,22 +143,23 @@ def test_crop_score_is_abs_of_summed_hessian_gradient_products():
     hg = hg_fn(x[b], y[b])
     want[0] += np.asarray(hg[:5])
     want[1] += np.asarray(hg[5:])
-  np.testing.assert_allclose(got['act_0'], np.abs(want[0]), rtol=2e-3,
+  np.testing.assert_allclose(got['dense_0'], np.abs(want[0]), rtol=2e-3,
                              atol=1e-6)
-  np.testing.assert_allclose(got['act_1'], np.abs(want[1]), rtol=2e-3,
+  np.testing.assert_allclose(got['dense_1'], np.abs(want[1]), rtol=2e-3,
                              atol=1e-6)
 
 
 def test_zero_gates_compute_the_masked_network(small_cnn):
   """Gate 0 through the norm's scale and offset silences a conv channel
   exactly like topology.silence_units (which also zeroes the kernel)."""
-  v = init_vars(small_cnn, (8, 8, 3), seed=1)
-  t = small_cnn.unit_topology((8, 8, 3))
+  net, _ = small_cnn
+  v = init_vars(net, seed=1)
+  t = net.topology
   alive = {g.name: np.arange(g.size) % 3 != 1 for g in t.groups}
   gated = sc.apply_gates(v['params'], sc.gate_refs(t),
                          {k: a.astype(np.float32) for k, a in alive.items()})
-  x = jax.random.normal(jax.random.PRNGKey(3), (4, 8, 8, 3))
-  apply = jax.jit(lambda variables: small_cnn.apply(variables, x))
+  x = jax.random.normal(jax.random.PRNGKey(3), (4,) + net.input_shape)
+  apply = jax.jit(lambda variables: net.apply(variables, x))
   got = apply({**v, 'params': gated})
   want = apply(topo.silence_units(t, v, alive))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -189,16 +194,16 @@ def test_select_units_uniform_prunes_each_layer_alike():
 
 
 def test_incoming_l1_ranks_units_by_their_kernel_column():
-  m = models.MLP(widths=(4, 3), num_classes=2, use_bn=True)
-  v = init_vars(m, IN)
+  m = _mlp((4, 3), num_classes=2)
+  v = init_vars(m)
   k = np.zeros((6, 4), np.float32)
   k[:, 0], k[:3, 1], k[0, 2], k[:, 3] = -1.0, 2.0, 0.5, 0.25
   params = jax.tree.map(lambda a: a, v['params'])
   params['dense_0']['kernel'] = jnp.asarray(k)
-  t = m.unit_topology(IN)
+  t = m.topology
   s = sc.incoming_l1(t, params)
-  np.testing.assert_allclose(s['act_0'], [6., 6., 0.5, 1.5])
-  np.testing.assert_allclose(sc.incoming_l1(t, params, normalize=True)['act_0'],
+  np.testing.assert_allclose(s['dense_0'], [6., 6., 0.5, 1.5])
+  np.testing.assert_allclose(sc.incoming_l1(t, params, normalize=True)['dense_0'],
                              [1., 1., 0.5 / 6, 0.25])
   # the updater at the end of its schedule keeps the two largest columns
   u = structured.StructuredMagnitude(topology=t, sparsity=0.5,
@@ -206,14 +211,14 @@ def test_incoming_l1_ranks_units_by_their_kernel_column():
                                      update_freq=5)
   ctx = _ctx(m, {**v, 'params': params}, step=10)
   keep = u.decide(ctx).keep
-  assert keep['act_0'].tolist() == [True, True, False, False]
-  assert int(keep['act_1'].sum()) == 2  # round(0.5 * 3)
+  assert keep['dense_0'].tolist() == [True, True, False, False]
+  assert int(keep['dense_1'].sum()) == 2  # round(0.5 * 3)
 
 
 def _ctx(model, variables, step=0, opt_state=None, images=None, labels=None):
   if images is None:
     images, labels = _data()
-  return base.PruneContext(step, model, model.unit_topology(IN), variables,
+  return base.PruneContext(step, model, model.topology, variables,
                            opt_state, images, labels)
 
 
@@ -270,7 +275,7 @@ def test_earlycrop_criterion_on_a_hand_made_norm_sequence():
 
 def test_early_snap_keeps_theta0_across_replace_and_prunes_once():
   m, v = _model_and_vars(use_bn=True, widths=(6, 4))
-  t = m.unit_topology(IN)
+  t = m.topology
   u = create_updater_from_config(
       {'algorithm': 'early_snap', 'sparsity': 0.5, 'check_every': 3,
        'score_batches': 2, 'score_batch_size': 7}, topology=t)
@@ -301,7 +306,7 @@ def test_early_snap_keeps_theta0_across_replace_and_prunes_once():
 
 def test_early_crop_forced_at_max_prune_step():
   m, v = _model_and_vars(use_bn=True, widths=(6, 4))
-  u = structured.EarlyCrop(topology=m.unit_topology(IN), sparsity=0.5,
+  u = structured.EarlyCrop(topology=m.topology, sparsity=0.5,
                            check_every=100, max_prune_step=7)
   assert [t for t in range(9) if u.schedule.is_update_step(t)] == [0, 7]
   assert u.decide(_ctx(m, v, step=0)).keep is None
@@ -312,24 +317,24 @@ def test_early_crop_forced_at_max_prune_step():
 def test_snap_step0_with_iterative_steps_and_masked_units():
   """Units masked already (bucket padding) are not live and stay out."""
   m, v = _model_and_vars(use_bn=True, widths=(6, 4))
-  t = m.unit_topology(IN)
-  live = {'act_0': np.array([1, 1, 1, 1, 1, 0], bool),
-          'act_1': np.ones(4, bool)}
+  t = m.topology
+  live = {'dense_0': np.array([1, 1, 1, 1, 1, 0], bool),
+          'dense_1': np.ones(4, bool)}
   state = base.SparseState(masks=topo.param_masks(t, v['params'], live))
   assert {k: a.tolist() for k, a in sc.live_units(t, state).items()} == {
       k: a.tolist() for k, a in live.items()}
   u = structured.SNAP(topology=t, sparsity=0.6, pruning_steps=3)
   assert u.schedule.is_update_step(0) and not u.schedule.is_update_step(1)
   keep = u.decide(_ctx(m, v, step=0, opt_state=state)).keep
-  assert not keep['act_0'][5]
+  assert not keep['dense_0'][5]
   assert sum(int(k.sum()) for k in keep.values()) == 4  # round(0.4 * 10)
   assert len(u.tracker.events) == 1 and not u.schedule.is_update_step(0)
 
 
 def test_network_slimming_penalty_stops_at_prune_step_and_ranks_gammas():
-  m = models.MLP(widths=(4, 3), num_classes=2, use_bn=True)
-  v = init_vars(m, IN)
-  t = m.unit_topology(IN)
+  m = _mlp((4, 3), num_classes=2)
+  v = init_vars(m)
+  t = m.topology
   u = create_updater_from_config(
       {'algorithm': 'network_slimming', 'sparsity': 0.5, 'reg_strength': 0.1,
        'prune_step': 2}, topology=t)
@@ -349,8 +354,8 @@ def test_network_slimming_penalty_stops_at_prune_step_and_ranks_gammas():
   assert not u.schedule.at_end
   keep = u.decide(_ctx(m, {**v, 'params': params}, step=2)).keep
   # one ranking of |gamma| over both layers keeps round(0.5 * 7) = 4 units
-  assert keep['act_0'].tolist() == [True, True, False, True]
-  assert keep['act_1'].tolist() == [False, False, True]
+  assert keep['dense_0'].tolist() == [True, True, False, True]
+  assert keep['dense_1'].tolist() == [False, False, True]
   assert not u.schedule.is_update_step(2)
 
 
@@ -372,6 +377,6 @@ def test_configs_are_validated():
 
 
 def test_network_slimming_refuses_a_model_without_norm_scales():
-  t = models.MLP(widths=(4,), use_bn=False).unit_topology(IN)
+  t = _mlp((4,), use_bn=False).topology
   with pytest.raises(ValueError, match='norm scale'):
     create_updater_from_config({'algorithm': 'network_slimming'}, topology=t)

@@ -1,5 +1,8 @@
 """Surgery: the shrunk net computes what the masked net computes, and every
 params-shaped leaf of the optimiser state is sliced like the params."""
+import dataclasses
+
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,8 @@ import pytest
 from demp_jax import surgery
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
-from conftest import init_vars, randomize_batch_stats
+from conftest import randomize_batch_stats
+from testlib_models import random_variables
 
 OPTIMIZERS = {
     'adamw': lambda: optax.adamw(1e-3, weight_decay=1e-4),
@@ -27,11 +31,10 @@ def _random_keep(t, seed):
   return keep
 
 
-def _step(model, v, tx, opt_state, x):
+def _step(net, v, tx, opt_state, x):
   """One real training step, so the optimiser moments are non-zero."""
   def loss(p):
-    out, _ = model.apply({**v, 'params': p}, x, train=True,
-                         mutable=['batch_stats'])
+    out, _ = net.apply({**v, 'params': p}, x, train=True, mutable=net.mutable)
     return jnp.mean(out ** 2)
   g = jax.grad(loss)(v['params'])
   u, opt_state = tx.update(g, opt_state, v['params'])
@@ -43,16 +46,17 @@ def _step(model, v, tx, opt_state, x):
 @pytest.mark.parametrize('arch', ['mlp', 'cnn'])
 def test_shrunk_equals_masked_on_random_dead_sets(arch, seed, opt, small_mlp,
                                                  small_cnn):
-  model, shape = ((small_mlp, (7,)) if arch == 'mlp' else
-                  (small_cnn, (8, 8, 3)))
-  v = randomize_batch_stats(init_vars(model, shape, seed), seed)
+  net, _ = small_mlp if arch == 'mlp' else small_cnn
+  shape = net.input_shape
+  # random weights per seed (numpy, no init to compile), some scales zero
+  v = randomize_batch_stats(
+      random_variables(net, np.random.default_rng(seed)), seed)
   tx = OPTIMIZERS[opt]()
   x = jax.random.normal(jax.random.PRNGKey(seed), (6,) + shape)
-  v, opt_state = _step(model, v, tx, tx.init(v['params']), x)
-  t = model.unit_topology(shape)
+  v, opt_state = _step(net, v, tx, tx.init(v['params']), x)
+  t = net.topology
   keep = _random_keep(t, seed)
-  res = surgery.shrink(model, v, keep, input_shape=shape, opt_state=opt_state,
-                       tx=tx, probe=x)
+  res = surgery.shrink(net, v, keep, opt_state=opt_state, tx=tx, probe=x)
   assert res.max_masked_diff <= 1e-5
   assert list(res.model.widths) == [int(keep[n].sum()) for n in t.names]
   assert res.removed == {n: int((~keep[n]).sum()) for n in t.names}
@@ -71,16 +75,22 @@ def test_shrunk_equals_masked_on_random_dead_sets(arch, seed, opt, small_mlp,
   _step(res.model, res.variables, tx, res.opt_state, x)
 
 
+def test_a_layer_shrunk_to_one_unit_stays_a_unit_group(small_mlp):
+  net, v = small_mlp
+  keep = {'dense_0': np.arange(12) == 4}
+  res = surgery.shrink(net, v, keep, probe=jnp.ones((2,) + net.input_shape))
+  assert res.model.topology.names == net.topology.names
+  assert res.model.widths == (1, 9)
+
+
 def test_moments_are_sliced_with_the_params(small_cnn):
-  shape = (8, 8, 3)
-  v = init_vars(small_cnn, shape)
+  net, v = small_cnn
   tx = optax.adam(1e-3)
-  x = jax.random.normal(jax.random.PRNGKey(0), (4,) + shape)
-  v, s = _step(small_cnn, v, tx, tx.init(v['params']), x)
-  keep = {'conv_act_1': np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)}
-  res = surgery.shrink(small_cnn, v, keep, input_shape=shape, opt_state=s,
-                       tx=tx)
-  kept = np.flatnonzero(keep['conv_act_1'])
+  x = jax.random.normal(jax.random.PRNGKey(0), (4,) + net.input_shape)
+  v, s = _step(net, v, tx, tx.init(v['params']), x)
+  keep = {'conv_1': np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)}
+  res = surgery.shrink(net, v, keep, opt_state=s, tx=tx)
+  kept = np.flatnonzero(keep['conv_1'])
   np.testing.assert_array_equal(res.opt_state[0].mu['conv_1']['kernel'],
                                 np.asarray(s[0].mu['conv_1']['kernel'])[
                                     ..., kept])
@@ -94,18 +104,16 @@ def test_moments_are_sliced_with_the_params(small_cnn):
 
 
 def test_updater_state_masks_are_sliced(small_mlp):
-  shape = (7,)
-  v = init_vars(small_mlp, shape)
-  t = small_mlp.unit_topology(shape)
+  net, v = small_mlp
+  t = net.topology
   upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
                                    topology=t)
   tx = upd.wrap_optax(optax.adamw(1e-3))
   s = tx.init(v['params'])
-  alive = {'act_0': np.arange(12) < 9, 'act_1': np.ones(9, bool)}
+  alive = {'dense_0': np.arange(12) < 9, 'dense_1': np.ones(9, bool)}
   s = upd.mask_units(s, v['params'], alive)
-  keep = {'act_0': np.arange(12) < 10}  # keeps one masked unit (index 9)
-  res = surgery.shrink(small_mlp, v, keep, input_shape=shape, opt_state=s,
-                       tx=tx)
+  keep = {'dense_0': np.arange(12) < 10}  # keeps one masked unit (index 9)
+  res = surgery.shrink(net, v, keep, opt_state=s, tx=tx)
   m = res.opt_state.masks
   assert m['logits']['bias'] is None
   np.testing.assert_array_equal(m['bn_0']['scale'], [1] * 9 + [0])
@@ -114,34 +122,28 @@ def test_updater_state_masks_are_sliced(small_mlp):
 
 
 def test_wrong_topology_is_caught_by_the_probe_check(small_mlp):
-  """A topology that forgets the consumer: shapes break or logits differ."""
-  shape = (7,)
-  v = init_vars(small_mlp, shape)
-
-  class Forgetful(type(small_mlp)):
-    def unit_topology(self, input_shape):
-      t = super().unit_topology(input_shape)
-      g = t.groups[1]
-      return topo.UnitTopology((t.groups[0], topo.UnitGroup(
-          g.name, g.size, g.produces[1:], g.consumes)))  # drops the kernel
-
-  m = Forgetful(widths=(12, 9), num_classes=4)
-  with pytest.raises((surgery.SurgeryError, ValueError)):
-    surgery.shrink(m, v, {'act_1': np.arange(9) < 5}, input_shape=shape,
-                   probe=jnp.ones((3, 7)))
+  """A topology that forgets a leaf: shapes break (the rebuilt model meets
+  the unsliced kernel: flax names the parameter) or logits differ."""
+  net, v = small_mlp
+  t = net.topology
+  g = t.groups[1]
+  produces = tuple(r for r in g.produces if r.path != ('dense_1', 'kernel'))
+  assert len(produces) == len(g.produces) - 1     # drops the kernel
+  forgetful = dataclasses.replace(net, topology=topo.UnitTopology((
+      t.groups[0], topo.UnitGroup(g.name, g.size, produces, g.consumes))))
+  with pytest.raises((surgery.SurgeryError, ValueError,
+                      flax.errors.ScopeParamShapeError)):
+    surgery.shrink(forgetful, v, {'dense_1': np.arange(9) < 5},
+                   probe=jnp.ones((3,) + net.input_shape))
 
 
 def test_bad_keep_is_a_clear_error(small_mlp):
-  shape = (7,)
-  v = init_vars(small_mlp, shape)
+  net, v = small_mlp
   with pytest.raises(ValueError, match='unknown unit groups'):
-    surgery.shrink(small_mlp, v, {'act_9': np.ones(3, bool)},
-                   input_shape=shape)
+    surgery.shrink(net, v, {'dense_9': np.ones(3, bool)})
   with pytest.raises(ValueError, match='shape'):
-    surgery.shrink(small_mlp, v, {'act_0': np.ones(3, bool)},
-                   input_shape=shape)
+    surgery.shrink(net, v, {'dense_0': np.ones(3, bool)})
   with pytest.raises(ValueError, match='every unit'):
-    surgery.shrink(small_mlp, v, {'act_0': np.zeros(12, bool)},
-                   input_shape=shape)
+    surgery.shrink(net, v, {'dense_0': np.zeros(12, bool)})
   with pytest.raises(ValueError, match='tx'):
-    surgery.shrink(small_mlp, v, {}, input_shape=shape, opt_state=())
+    surgery.shrink(net, v, {}, opt_state=())

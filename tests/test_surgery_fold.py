@@ -6,6 +6,7 @@ import pytest
 
 from demp_jax import models, stats, surgery
 from demp_jax import topology as topo
+from demp_jax.net import Net
 from testlib_models import random_variables
 
 
@@ -21,25 +22,26 @@ def _logits(model, variables, x):
 
 @pytest.fixture(scope='module')
 def mlp():
-  model = models.MLP(widths=(6, 5), num_classes=3)
-  v = random_variables(model, (4,), np.random.default_rng(0), zero_scale_p=0)
-  # act_0 unit 2: ReLU(0 * xhat + 0.7) = 0.7; unit 4: ReLU(-0.3) = 0 (dead)
+  net, _ = Net.create(models.MLP(widths=(6, 5), num_classes=3), (4,),
+                      init=False)
+  v = random_variables(net, np.random.default_rng(0), zero_scale_p=0)
+  # dense_0 unit 2: ReLU(0 * xhat + 0.7) = 0.7; unit 4: ReLU(-0.3) = 0 (dead)
   v = _set(v, 'params', ('bn_0', 'scale'), [2, 4], 0.0)
   v = _set(v, 'params', ('bn_0', 'bias'), [2, 4], [0.7, -0.3])
-  return model, v
+  return net, v
 
 
 def test_constant_dense_unit_is_folded_exactly(mlp):
   model, v = mlp
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
-  keep = {'act_0': np.array([1, 1, 0, 1, 0, 1], bool)}
-  plain = surgery.shrink(model, v, keep, input_shape=(4,), probe=x)
-  folded = surgery.shrink(model, v, keep, input_shape=(4,), probe=x,
+  keep = {'dense_0': np.array([1, 1, 0, 1, 0, 1], bool)}
+  plain = surgery.shrink(model, v, keep, probe=x)
+  folded = surgery.shrink(model, v, keep, probe=x,
                           fold_constants=True)
   assert plain.max_output_change > 1e-2    # 0.7 * W[2, :] went missing
   assert folded.max_output_change <= 1e-5
   assert folded.max_masked_diff <= 1e-5
-  assert folded.folded == {'act_0': 1, 'act_1': 0}
+  assert folded.folded == {'dense_0': 1, 'dense_1': 0}
   np.testing.assert_allclose(_logits(folded.model, folded.variables, x),
                              _logits(model, v, x), rtol=1e-5, atol=1e-5)
   # the consumer's bias took 0.7 * W[2, :]
@@ -53,16 +55,16 @@ def test_constants_from_the_death_check_statistics(mlp):
   model, v = mlp
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 4))
   s = stats.saturation_stats(model, v, x, 0.0)
-  np.testing.assert_allclose(s['act_0'].min[2], 0.7, rtol=1e-6)
-  np.testing.assert_allclose(s['act_0'].max[2], 0.7, rtol=1e-6)
+  np.testing.assert_allclose(s['dense_0'].min[2], 0.7, rtol=1e-6)
+  np.testing.assert_allclose(s['dense_0'].max[2], 0.7, rtol=1e-6)
   constants = stats.constant_outputs(s)
-  assert np.isnan(constants['act_0'][0])        # a moving unit
-  assert constants['act_0'][2] == pytest.approx(0.7)
-  assert constants['act_0'][4] == 0.0           # dead: the constant 0
-  keep = {'act_0': np.isnan(constants['act_0'])}
-  res = surgery.shrink(model, v, keep, input_shape=(4,),
+  assert np.isnan(constants['dense_0'][0])        # a moving unit
+  assert constants['dense_0'][2] == pytest.approx(0.7)
+  assert constants['dense_0'][4] == 0.0           # dead: the constant 0
+  keep = {'dense_0': np.isnan(constants['dense_0'])}
+  res = surgery.shrink(model, v, keep,
                        fold_constants=True, constants=constants)
-  assert res.folded['act_0'] == 1
+  assert res.folded['dense_0'] == 1
   assert np.isnan(res.max_output_change)        # no probe, no check
   np.testing.assert_allclose(_logits(res.model, res.variables, x[0]),
                              _logits(model, v, x[0]), rtol=1e-5, atol=1e-5)
@@ -71,20 +73,20 @@ def test_constants_from_the_death_check_statistics(mlp):
 def test_fold_needs_constants_or_a_probe(mlp):
   model, v = mlp
   with pytest.raises(ValueError, match='constants or a probe'):
-    surgery.shrink(model, v, {}, input_shape=(4,), fold_constants=True)
+    surgery.shrink(model, v, {}, fold_constants=True)
   with pytest.raises(ValueError, match='shape'):
-    surgery.shrink(model, v, {}, input_shape=(4,), fold_constants=True,
-                   constants={'act_0': np.zeros(3)})
+    surgery.shrink(model, v, {}, fold_constants=True,
+                   constants={'dense_0': np.zeros(3)})
 
 
 @pytest.fixture(scope='module')
 def bottleneck_net():
-  model = models.ResNet(stage_sizes=(2, 1), block='bottleneck', base_width=2,
-                        stem='cifar', pool_size=None, num_classes=3)
+  net, _ = Net.create(models.ResNet(
+      stage_sizes=(2, 1), block='bottleneck', base_width=2, stem='cifar',
+      pool_size=None, num_classes=3), (6, 6, 3), init=False)
   # random shortcut maps (repeats, -1) exercise the index fold
-  v = random_variables(model, (6, 6, 3), np.random.default_rng(1),
-                       zero_scale_p=0)
-  return model, v
+  v = random_variables(net, np.random.default_rng(1), zero_scale_p=0)
+  return net, v
 
 
 def test_residual_stream_constant_folds_through_shortcuts_and_1x1(
@@ -110,14 +112,15 @@ def test_residual_stream_constant_folds_through_shortcuts_and_1x1(
   v = _set(v, 'params', ('block0_1', 'bn2', 'scale'), 0, 0.0)
   v = _set(v, 'params', ('block0_1', 'bn2', 'bias'), 0, 0.4)
   x = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 6, 3))
-  _, acts = stats.sown_activations(model, v, x)
-  assert np.min(np.asarray(acts['block0_1/out'])[..., 0]) > 0  # reads 0.8
-  t = model.unit_topology((6, 6, 3))
+  _, acts = model.activations(v, x)
+  (out,) = acts['block0_1/out']
+  assert np.min(np.asarray(out)[..., 0]) > 0  # reads 0.8
+  t = model.topology
   keep = {'block0_0/out': np.arange(8) != 1,
           'block0_1/out': np.arange(8) != 2,
           'block0_1/act2': np.arange(2) != 0}
-  plain = surgery.shrink(model, v, keep, input_shape=(6, 6, 3), probe=x)
-  res = surgery.shrink(model, v, keep, input_shape=(6, 6, 3), probe=x,
+  plain = surgery.shrink(model, v, keep, probe=x)
+  res = surgery.shrink(model, v, keep, probe=x,
                        fold_constants=True)
   assert res.folded['block0_0/out'] == 1
   assert res.folded['block0_1/out'] == 1
@@ -132,23 +135,24 @@ def test_residual_stream_constant_folds_through_shortcuts_and_1x1(
 def test_padded_3x3_consumer_is_exact_away_from_the_border():
   """conv_0 unit 1 is constant; conv_1 (3x3, zero padding) reads it: after
   folding, conv_1's output is unchanged in the interior only."""
-  model = models.VGG(conv_widths=(3, 4), dense_widths=(), pool_after=(),
-                     num_classes=2)
-  v = random_variables(model, (6, 6, 2), np.random.default_rng(3),
-                       zero_scale_p=0)
+  model, _ = Net.create(models.VGG(conv_widths=(3, 4), dense_widths=(),
+                                   pool_after=(), num_classes=2), (6, 6, 2),
+                        init=False)
+  v = random_variables(model, np.random.default_rng(3), zero_scale_p=0)
   v = _set(v, 'params', ('conv_bn_0', 'scale'), 1, 0.0)
   v = _set(v, 'params', ('conv_bn_0', 'bias'), 1, 0.9)
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 6, 2))
-  keep = {'conv_act_0': np.array([True, False, True])}
-  res = surgery.shrink(model, v, keep, input_shape=(6, 6, 2), probe=x,
+  keep = {'conv_0': np.array([True, False, True])}
+  res = surgery.shrink(model, v, keep, probe=x,
                        fold_constants=True)
   assert res.max_masked_diff <= 1e-5
   # no conv bias: the fold went into the running mean of conv_bn_1
   assert not np.allclose(res.variables['batch_stats']['conv_bn_1']['mean'],
                          v['batch_stats']['conv_bn_1']['mean'])
-  _, before = stats.sown_activations(model, v, x)
-  _, after = stats.sown_activations(res.model, res.variables, x)
-  a, b = np.asarray(before['conv_act_1']), np.asarray(after['conv_act_1'])
+  _, before = model.activations(v, x)
+  _, after = res.model.activations(res.variables, x)
+  (a,), (b,) = before['conv_1'], after['conv_1']
+  a, b = np.asarray(a), np.asarray(b)
   np.testing.assert_allclose(b[:, 1:-1, 1:-1], a[:, 1:-1, 1:-1], rtol=1e-5,
                              atol=1e-5)
   assert np.max(np.abs(b - a)) > 1e-4   # the border saw fewer taps
@@ -156,7 +160,7 @@ def test_padded_3x3_consumer_is_exact_away_from_the_border():
 
 def test_validate_checks_fold_targets(mlp):
   model, v = mlp
-  t = model.unit_topology((4,))
+  t = model.topology
   g = t.groups[0]
   (c,) = g.consumes
   bad = topo.UnitTopology((topo.UnitGroup(g.name, g.size, g.produces, (

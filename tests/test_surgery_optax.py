@@ -12,14 +12,18 @@ import pytest
 from demp_jax import models, surgery
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
+from demp_jax.net import Net
 from testlib_models import random_variables
 
 SHAPE = (4, 4, 3)
 
 
-def _model():
-  return models.ResNet(stage_sizes=(1, 1), block='basic', base_width=3,
-                       stem='cifar', pool_size=None, num_classes=2)
+@pytest.fixture(scope='module')
+def net():
+  """A tiny ResNet's Net, shared by every optimiser (shapes only)."""
+  return Net.create(models.ResNet(stage_sizes=(1, 1), block='basic',
+                                  base_width=3, stem='cifar', pool_size=None,
+                                  num_classes=2), SHAPE, init=False)[0]
 
 
 def _demp(tx_inner, topology):
@@ -83,11 +87,10 @@ def _scalars(tx, state):
 
 
 @pytest.mark.parametrize('name', sorted(OPTIMIZERS))
-def test_optimizer_state_is_sliced_like_the_params(name):
-  model = _model()
+def test_optimizer_state_is_sliced_like_the_params(name, net):
   rng = np.random.default_rng(0)
-  v = random_variables(model, SHAPE, rng)
-  t = model.unit_topology(SHAPE)
+  v = random_variables(net, rng)
+  t = net.topology
   tx = OPTIMIZERS[name](t)
   params = v['params']
   state = tx.init(params)
@@ -96,8 +99,7 @@ def test_optimizer_state_is_sliced_like_the_params(name):
   keep = {g.name: rng.random(g.size) < 0.6 for g in t.groups}
   for k in keep.values():
     k[0] = True
-  res = surgery.shrink(model, v, keep, input_shape=SHAPE, opt_state=state,
-                       tx=tx)
+  res = surgery.shrink(net, v, keep, opt_state=state, tx=tx)
   keeps = surgery.keep_indices(t, keep)
 
   before = _params_trees(tx, state, params)
@@ -125,24 +127,22 @@ def test_optimizer_state_is_sliced_like_the_params(name):
                updates, new_params)
 
 
-def test_demp_masks_follow_the_surgery():
+def test_demp_masks_follow_the_surgery(net):
   """Masked (alive=False) units kept by a bucket stay masked after it."""
-  model = _model()
   rng = np.random.default_rng(1)
-  v = random_variables(model, SHAPE, rng)
-  t = model.unit_topology(SHAPE)
+  v = random_variables(net, rng)
+  t = net.topology
   upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
                                    topology=t)
   tx = upd.wrap_optax(optax.adamw(1e-3))
   state = tx.init(v['params'])
   alive = {g.name: rng.random(g.size) < 0.7 for g in t.groups}
-  state = upd.set_alive(state, v['params'], alive)
+  state = upd.mask_units(state, v['params'], alive)
   keep = {n: a | (rng.random(a.size) < 0.5) for n, a in alive.items()}
   for k in keep.values():
     k[0] = True
-  res = surgery.shrink(model, v, keep, input_shape=SHAPE, opt_state=state,
-                       tx=tx)
-  new_t = res.model.unit_topology(SHAPE)
+  res = surgery.shrink(net, v, keep, opt_state=state, tx=tx)
+  new_t = res.model.topology
   new_alive = {n: alive[n][keep[n]] for n in alive}
   want = topo.param_masks(new_t, res.variables['params'], new_alive)
   jax.tree.map(lambda w, g: (w is None and g is None) or

@@ -18,7 +18,7 @@ moment equal to the params, so a wrongly sliced moment shows as a value
 mismatch, not only a shape mismatch), with the step counters kept.
 
 Speed: variables are drawn with numpy at 3 units per group (shapes from one
-``jax.eval_shape`` per architecture) and cut to the case's widths, drawn
+:class:`demp_jax.net.Net` per architecture) and cut to the case's widths, drawn
 from {1, 2, 3}; the eagerly dispatched ops of the forward passes then hit
 the compilation cache after a few examples.
 Examples are derandomised: the same cases run every time.
@@ -33,10 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from demp_jax import surgery
 from demp_jax import topology as topo
-from testlib_models import random_model, tiny_archs
+from testlib_models import random_model, tiny_archs, tiny_net
 
 ARCHS = tiny_archs()
 
@@ -59,8 +60,8 @@ HARD = {
 
 # Examples per architecture: 250 in all (about a minute on an idle 2-core
 # CPU; the first examples of each architecture pay its compilations).
-EXAMPLES = {'mlp': 70, 'vgg': 50, 'vgg16': 25, 'resnet18': 35,
-            'resnet50': 25, 'vit': 45}
+EXAMPLES = {'mlp': 110, 'vgg': 60, 'vgg16': 25, 'resnet18': 20,
+            'resnet50': 10, 'vit': 25}
 
 
 class Case(NamedTuple):
@@ -73,7 +74,7 @@ class Case(NamedTuple):
 
 @st.composite
 def cases(draw, arch: str) -> Case:
-  n = len(ARCHS[arch].make().widths)
+  n = len(tiny_net(arch).widths)
   widths = draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
   modes = draw(st.lists(st.sampled_from(('random', 'random', 'one', 'all')),
                         min_size=n, max_size=n))
@@ -120,7 +121,7 @@ def _keep(topology, case: Case, rng: np.random.Generator) -> dict:
 def _widths(arch: str, case: Case) -> tuple[int, ...]:
   if case.hard != 'stream':
     return case.widths
-  names = ARCHS[arch].make().unit_topology(ARCHS[arch].input_shape).names
+  names = tiny_net(arch).topology.names
   return tuple(max(w, 2) if (n == 'stem_act' or n.endswith('/out')) else w
                for n, w in zip(names, case.widths))
 
@@ -150,8 +151,8 @@ def _opt_state(tx, params):
 def check(arch: str, case: Case) -> None:
   spec = ARCHS[arch]
   rng = np.random.default_rng(case.seed)
-  model, v = random_model(arch, _widths(arch, case), rng)
-  topology = model.unit_topology(spec.input_shape)
+  net, v = random_model(arch, _widths(arch, case), rng)
+  topology = net.topology
   if case.hard == 'stream':
     v = _identity_shortcuts(topology, v)
   keep = _keep(topology, case, rng)
@@ -159,8 +160,8 @@ def check(arch: str, case: Case) -> None:
   opt_state = _opt_state(tx, v['params'])
   x = jnp.asarray(rng.normal(size=(2,) + spec.input_shape), jnp.float32)
 
-  res = surgery.shrink(model, v, keep, input_shape=spec.input_shape,
-                       opt_state=opt_state, tx=tx, probe=x, min_width=0)
+  res = surgery.shrink(net, v, keep, opt_state=opt_state, tx=tx, probe=x,
+                       min_width=0)
 
   # shrink raised SurgeryError unless max |shrunk - masked| <= 1e-5 +
   # 1e-4 max |masked|
@@ -184,7 +185,7 @@ def check(arch: str, case: Case) -> None:
     assert np.all(np.asarray(leaf) == 7)
 
 
-def _property_test(arch: str):
+def _property_test(arch: str, *marks):
   @hypothesis.settings(max_examples=EXAMPLES[arch], deadline=None,
                        derandomize=True, database=None,
                        suppress_health_check=list(hypothesis.HealthCheck))
@@ -195,6 +196,8 @@ def _property_test(arch: str):
 
   test.__name__ = f'test_shrunk_equals_masked_{arch}'
   test.__doc__ = f'{EXAMPLES[arch]} random cases on the tiny {arch}.'
+  for mark in marks:
+    test = mark(test)
   return test
 
 

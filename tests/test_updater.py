@@ -11,7 +11,6 @@ import pytest
 import demp_jax
 from demp_jax.algorithms import base, demp
 from demp_jax import stats
-from conftest import init_vars
 
 
 def _config(**kw):
@@ -24,7 +23,7 @@ def _config(**kw):
 
 def test_registry_and_config_construction(small_mlp):
   assert {'demp', 'no_prune'} <= set(demp_jax.all_algorithm_names())
-  t = small_mlp.unit_topology((7,))
+  t = small_mlp[0].topology
   u = demp_jax.create_updater_from_config(_config(), topology=t)
   assert isinstance(u, demp.DemonPruning)
   assert (u.reg_peak, u.reg_span, u.min_width) == (0.1, 50, 2)
@@ -67,9 +66,8 @@ def test_unknown_algorithm_and_key_are_clear_errors():
 
 
 def test_state_layout_is_jaxpruners(small_mlp):
-  v = init_vars(small_mlp, (7,))
-  u = demp_jax.create_updater_from_config(
-      _config(), topology=small_mlp.unit_topology((7,)))
+  net, v = small_mlp
+  u = demp_jax.create_updater_from_config(_config(), topology=net.topology)
   s = u.wrap_optax(optax.adamw(1e-3)).init(v['params'])
   assert s._fields[:4] == ('masks', 'inner_state', 'target_sparsities',
                            'count')
@@ -77,10 +75,10 @@ def test_state_layout_is_jaxpruners(small_mlp):
   assert s.masks['dense_0']['kernel'].dtype == jnp.uint8
 
 
-def _train(model, v, updater, tx, state, x, steps):
+def _train(net, v, updater, tx, state, x, steps):
   def loss(p, bs):
-    out, new = model.apply({'params': p, 'batch_stats': bs}, x, train=True,
-                           mutable=['batch_stats'])
+    out, new = net.apply({'params': p, 'batch_stats': bs}, x, train=True,
+                         mutable=net.mutable)
     return jnp.mean((out - 1.0) ** 2), new['batch_stats']
 
   @jax.jit
@@ -98,41 +96,42 @@ def _train(model, v, updater, tx, state, x, steps):
 
 
 def test_masked_units_stay_exactly_zero_and_get_no_noise(small_mlp):
-  shape = (7,)
-  v = init_vars(small_mlp, shape)
-  t = small_mlp.unit_topology(shape)
+  net, v = small_mlp
+  shape = net.input_shape
+  t = net.topology
   u = demp_jax.create_updater_from_config(_config(), topology=t)
   tx = u.wrap_optax(optax.adamw(1e-2, weight_decay=1e-3))
   s = tx.init(v['params'])
   x = jax.random.normal(jax.random.PRNGKey(0), (16,) + shape)
-  v, s = _train(small_mlp, v, u, tx, s, x, 3)  # non-zero moments
-  live = {'act_0': np.arange(12) >= 4, 'act_1': np.ones(9, bool)}
+  v, s = _train(net, v, u, tx, s, x, 3)  # non-zero moments
+  live = {'dense_0': np.arange(12) >= 4, 'dense_1': np.ones(9, bool)}
   s = u.mask_units(s, v['params'], live)
   v = {**v, 'params': u.post_gradient_update(v['params'], s)}
-  v2, s2 = _train(small_mlp, v, u, tx, s, x, 10)
+  v2, s2 = _train(net, v, u, tx, s, x, 10)
   p = v2['params']
   assert np.all(np.asarray(p['dense_0']['kernel'])[:, :4] == 0)
   assert np.all(np.asarray(p['bn_0']['scale'])[:4] == 0)
   assert np.all(np.asarray(p['dense_1']['kernel'])[:4] == 0)
   assert not np.any(np.asarray(p['dense_0']['kernel'])[:, 4:] == 0)
-  _, acts = stats.sown_activations(small_mlp, v2, x)
-  assert np.all(np.asarray(acts['act_0'])[:, :4] == 0)
+  _, acts = net.activations(v2, x)
+  (a,) = acts['dense_0']
+  assert np.all(np.asarray(a)[:, :4] == 0)
 
 
 def test_noise_reaches_live_units_but_never_dead_ones(small_mlp):
   """lr 0: every change of the params is the noise."""
-  shape = (7,)
-  v = init_vars(small_mlp, shape)
+  net, v = small_mlp
+  shape = net.input_shape
   p = v['params']
-  # unit 0 of act_0 dead on all inputs: BN scale 0, offset -1
+  # unit 0 of dense_0 dead on all inputs: BN scale 0, offset -1
   p['bn_0']['scale'] = p['bn_0']['scale'].at[0].set(0.0)
   p['bn_0']['bias'] = p['bn_0']['bias'].at[0].set(-1.0)
-  t = small_mlp.unit_topology(shape)
+  t = net.topology
   u = demp_jax.create_updater_from_config(_config(reg_peak=0.0), topology=t)
   tx = u.wrap_optax(optax.sgd(0.0))
   s = tx.init(p)
   x = jax.random.normal(jax.random.PRNGKey(1), (16,) + shape)
-  v2, _ = _train(small_mlp, v, u, tx, s, x, 4)
+  v2, _ = _train(net, v, u, tx, s, x, 4)
   d = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), v2['params'], p)
   # dead unit 0 (not even masked: found by its zero gradient) is untouched
   assert np.all(d['dense_0']['kernel'][:, 0] == 0)

@@ -188,7 +188,13 @@ def test_parts_check_their_own_keys():
     validate_config(c)
 
 
-def test_a_user_model_factory_name_is_accepted():
+def test_a_user_model_factory_is_imported_and_named_when_missing():
   c = get_config('fashion_mnist_demp', 'tiny')
-  c.model.name = 'my_package.models:make_net'
+  c.model.name = 'user_models:make_net_nnx'  # tests/ is on sys.path
   validate_config(c)
+  c.model.name = 'my_package.models:make_net'
+  with pytest.raises(ConfigError, match=r"'my_package.models'.*PYTHONPATH"):
+    validate_config(c)
+  c.model.name = 'user_models:no_such_factory'
+  with pytest.raises(ConfigError, match='no_such_factory'):
+    validate_config(c)

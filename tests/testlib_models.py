@@ -2,8 +2,8 @@
 
 ``model.init`` runs the model eagerly and compiles every initialiser and op
 for every new set of widths, which costs seconds per ResNet. The helpers
-here take the variable shapes from ``jax.eval_shape`` (tracing only) and
-fill them with numpy: kernels ``N(0, 1/fan_in)``, norm scales with some
+here take the variable shapes of a :class:`demp_jax.net.Net`
+(``net.abstract_variables()``, tracing only) and fill them with numpy: kernels ``N(0, 1/fan_in)``, norm scales with some
 exact zeros, offsets, running means and variances at random, and the index
 maps of the ``'shortcut'`` collection at random valid values (repeats and
 -1 included), so surgery meets the hard cases.
@@ -20,6 +20,7 @@ import numpy as np
 
 from demp_jax import models
 from demp_jax import topology as topo
+from demp_jax.net import Net
 
 
 class Arch(NamedTuple):
@@ -29,7 +30,8 @@ class Arch(NamedTuple):
 
 
 def tiny_archs() -> dict[str, Arch]:
-  """Every built-in architecture at tiny widths and inputs."""
+  """Every built-in architecture at tiny widths (at least 3 units per group:
+  a derived Net only narrows, see :func:`random_model`) and inputs."""
   return {
       'mlp': Arch('mlp', lambda: models.MLP(widths=(5, 4), num_classes=3),
                   (3, 3, 1)),
@@ -37,7 +39,7 @@ def tiny_archs() -> dict[str, Arch]:
           conv_widths=(3, 4), dense_widths=(5,), pool_after=(0,),
           num_classes=3, conv_bias=True), (4, 4, 2)),
       'vgg16': Arch('vgg16', lambda: models.VGG16(
-          conv_widths=(2,) * 13, dense_widths=(3, 3), num_classes=3,
+          conv_widths=(3,) * 13, dense_widths=(3, 3), num_classes=3,
           last_conv_width=4), (32, 32, 3)),
       'resnet18': Arch('resnet18', lambda: models.ResNet18(
           base_width=2, num_classes=3, pool_size=None), (8, 8, 3)),
@@ -51,36 +53,27 @@ def tiny_archs() -> dict[str, Arch]:
   }
 
 
-def variable_shapes(model: Any, input_shape: Sequence[int]) -> dict:
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  return {k: v for k, v in shapes.items() if k != 'activations'}
+@functools.lru_cache(maxsize=None)
+def tiny_net(arch: str) -> Net:
+  """The :class:`Net` of ``tiny_archs()[arch]`` at its base widths (shapes
+  only: no variables are initialised)."""
+  spec = tiny_archs()[arch]
+  return Net.create(spec.make(), spec.input_shape, init=False)[0]
 
 
-def random_variables(model: Any, input_shape: Sequence[int],
-                     rng: np.random.Generator, zero_scale_p: float = 0.2,
+def random_variables(net: Net, rng: np.random.Generator,
+                     zero_scale_p: float = 0.2,
                      index_bound: Callable[[topo.LeafKey], int] | None = None
                      ) -> dict:
-  """Random variables of ``model`` (see the module docstring).
+  """Random variables of ``net`` (see the module docstring).
 
   Index leaves consumed by a group get values in ``[-1, size)`` with
   repeats; produce-only index leaves (the ViT's MLP-output scatter) get
   distinct values in ``[0, index_bound(key))`` (default: the model's
   ``hidden_size``) with some -1.
   """
-  return fill_random(model, input_shape, variable_shapes(model, input_shape),
-                     rng, zero_scale_p, index_bound)
-
-
-def fill_random(model: Any, input_shape: Sequence[int], shapes: Any,
-                rng: np.random.Generator, zero_scale_p: float = 0.2,
-                index_bound: Callable[[topo.LeafKey], int] | None = None
-                ) -> dict:
-  """Random arrays for a tree of shapes (see :func:`random_variables`)."""
-  topology = model.unit_topology(input_shape)
   consumed = {}
-  for g in topology.groups:
+  for g in net.topology.groups:
     for ref in g.consumes:
       if ref.kind == 'index':
         consumed[ref.key] = g.size
@@ -96,7 +89,7 @@ def fill_random(model: Any, input_shape: Sequence[int], shapes: Any,
       if key in consumed:
         return jnp.asarray(rng.integers(-1, consumed[key], n), jnp.int32)
       bound = (index_bound(key) if index_bound is not None else
-               int(model.hidden_size))
+               int(net.module.hidden_size))
       values = rng.permutation(bound)[:n]
       values = np.concatenate([values, -np.ones(n - values.size, np.int64)])
       values[rng.random(n) < 0.2] = -1
@@ -115,21 +108,19 @@ def fill_random(model: Any, input_shape: Sequence[int], shapes: Any,
       return jnp.asarray(v, jnp.float32)
     return jnp.asarray(rng.normal(0, 0.5, shape), jnp.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+  return jax.tree_util.tree_map_with_path(fill, net.abstract_variables())
 
 
 @functools.lru_cache(maxsize=None)
-def _template(arch: str, width: int):
-  """The arch at ``width`` units per group and its variable shapes."""
-  spec = tiny_archs()[arch]
-  model = spec.make()
-  model = model.with_widths([width] * len(model.widths))
-  return model, variable_shapes(model, spec.input_shape)
+def _template(arch: str, width: int) -> Net:
+  """The arch at ``width`` units per group."""
+  net = tiny_net(arch)
+  return net.at_widths([width] * len(net.widths))
 
 
 def random_model(arch: str, widths: Sequence[int], rng: np.random.Generator,
-                 max_width: int = 3, **kwargs) -> tuple[Any, dict]:
-  """``(model at widths, random variables)`` without tracing ``init``.
+                 max_width: int = 3, **kwargs) -> tuple[Net, dict]:
+  """``(net at widths, random variables)`` without tracing ``init``.
 
   Random variables are drawn at ``max_width`` units per group (shapes traced
   once per architecture) and a random subset of ``widths[i]`` units of each
@@ -137,14 +128,12 @@ def random_model(arch: str, widths: Sequence[int], rng: np.random.Generator,
   maps come out renumbered (more -1 entries) as after a real pruning event.
   """
   from demp_jax import surgery  # pylint: disable=g-import-not-at-top
-  spec = tiny_archs()[arch]
-  big, shapes = _template(arch, max_width)
-  variables = fill_random(big, spec.input_shape, shapes, rng, **kwargs)
-  topology = big.unit_topology(spec.input_shape)
+  big = _template(arch, max_width)
+  variables = random_variables(big, rng, **kwargs)
   keeps = {}
-  for g, w in zip(topology.groups, widths):
+  for g, w in zip(big.topology.groups, widths):
     if not 0 <= w <= g.size:
       raise ValueError(f'width {w} of {g.name} is outside [0, {g.size}]')
     keeps[g.name] = np.sort(rng.permutation(g.size)[:w])
-  variables = surgery.shrink_variables(topology, variables, keeps)
-  return big.with_widths(widths), variables
+  variables = surgery.shrink_variables(big.topology, variables, keeps)
+  return big.at_widths(widths), variables

@@ -86,7 +86,7 @@ class DemonPruning(base.BaseUpdater):
     if self.topology is None:
       raise ValueError('DemonPruning needs the model\'s unit topology: '
                        'dataclasses.replace(updater, topology='
-                       'model.unit_topology(input_shape))')
+                       'net.topology)')
     return topo.param_masks(self.topology, params)
 
   def wrap_inner(self, inner):

@@ -115,6 +115,12 @@ def incoming_refs(group: topo.UnitGroup, params: Any) -> list[topo.AxisRef]:
       continue
     leaf = topo.get_leaf({'params': params}, ref.key)
     if leaf is not None and np.ndim(leaf) >= 2:
+      if not ref.simple:
+        raise ValueError(
+            f'unit group {group.name!r}: kernel {ref} holds each unit in '
+            f'several places of its output axis (tile {ref.tile}, inner '
+            f'{ref.inner}, start {ref.start}), e.g. a gated unit; per-unit '
+            'weight masks do not support that layout')
       out.append(ref)
   return out
 

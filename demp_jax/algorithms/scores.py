@@ -116,7 +116,7 @@ def apply_gates(params: Any, refs: Mapping[str, Sequence[topo.AxisRef]],
   for name, c in gates.items():
     for ref in refs[name]:
       leaf = topo.get_leaf(variables, ref.key)
-      m = topo.unit_axis_mask(ref, jnp.asarray(c, leaf.dtype), leaf.ndim)
+      m = topo.unit_axis_mask(ref, jnp.asarray(c, leaf.dtype), leaf.shape)
       variables = topo.set_leaf(variables, ref.key, leaf * m)
   return variables['params']
 
@@ -189,7 +189,7 @@ def gate_gradient(model: Any, variables: Mapping[str, Any], images: jax.Array,
   """``sum_b dL_b/dc`` per unit, signed.
 
   Args:
-    model: a width-parametrised model (``unit_topology``, ``apply``).
+    model: a :class:`demp_jax.net.Net` (``topology``, ``apply``).
     variables: its variables.
     images: ``[N, B, ...]`` preprocessed inputs.
     labels: ``[N, B]`` integer labels.
@@ -201,7 +201,7 @@ def gate_gradient(model: Any, variables: Mapping[str, Any], images: jax.Array,
   Returns:
     ``{group: float32[n]}``.
   """
-  topology = model.unit_topology(tuple(images.shape[2:]))
+  topology = model.topology
   _warn_partial(topology)
   out = _gate_pass(model, topology, 1, bool(train_mode), dict(variables),
                    _default_gates(topology, gates), images, labels)
@@ -216,7 +216,7 @@ def gate_hvp(model: Any, variables: Mapping[str, Any], images: jax.Array,
 
   Same arguments and result as :func:`gate_gradient`.
   """
-  topology = model.unit_topology(tuple(images.shape[2:]))
+  topology = model.topology
   _warn_partial(topology)
   out = _gate_pass(model, topology, 2, bool(train_mode), dict(variables),
                    _default_gates(topology, gates), images, labels)
@@ -259,7 +259,7 @@ def incoming_l1(topology: topo.UnitTopology, params: Any,
       w = np.asarray(topo.get_leaf(variables, ref.key), np.float64)
       if w.ndim < 2:
         continue
-      a = np.moveaxis(np.abs(w), ref.axis, -1).reshape(-1, g.size)
+      a = topo.units_last(np.abs(w), ref, g.size)
       total += a.sum(0)
       fan_in += a.shape[0]
     if fan_in == 0:
@@ -391,7 +391,7 @@ def live_units(topology: topo.UnitTopology, opt_state: Any
       leaves.sort(key=lambda rm: np.ndim(rm[1]))
       if leaves:
         ref, m = leaves[0]
-        m = np.moveaxis(np.asarray(m) != 0, ref.axis, -1).reshape(-1, g.size)
+        m = topo.units_last(np.asarray(m) != 0, ref, g.size)
         live = m.any(axis=0)
     out[g.name] = live
   return out

@@ -170,7 +170,7 @@ class SynapticStripping(masked.StrictMasking):
     if self.topology is None:
       raise ValueError('SynapticStripping needs the model\'s unit topology: '
                        'dataclasses.replace(updater, topology='
-                       'model.unit_topology(input_shape))')
+                       'net.topology)')
     groups = list(self.topology.groups)
     if self.strip_groups is not None:
       groups = [g for g in groups if any(

@@ -136,7 +136,7 @@ class StructuredPruner(base.BaseUpdater):
     if self.topology is None:
       raise ValueError(f'{type(self).__name__} needs the model\'s unit '
                        'topology: dataclasses.replace(updater, topology='
-                       'model.unit_topology(input_shape))')
+                       'net.topology)')
     return topo.param_masks(self.topology, params)
 
   # ------------------------------------------------------------- pruning

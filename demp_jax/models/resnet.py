@@ -42,7 +42,6 @@ import jax
 
 from demp_jax import topology as topo
 from demp_jax.models import layers
-from demp_jax.models.mlp import norm_refs
 
 _PAD1 = ((1, 1), (1, 1))
 # Unit groups inside one block, in order; the last is the block output.
@@ -69,6 +68,7 @@ class ResidualBlock(nn.Module):
   projection: bool = False
   zero_init_last_bn: bool = False
   activation: str = 'relu'
+  gather_shortcut: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -103,9 +103,12 @@ class ResidualBlock(nn.Module):
     else:
       if self.stride != 1:
         raise ValueError('an identity shortcut needs stride 1')
-      index = self.variable('shortcut', 'index', layers.identity_index,
-                            w[-1], x.shape[-1])
-      sc = layers.gather_channels(x, index.value)
+      if self.gather_shortcut:
+        index = self.variable('shortcut', 'index', layers.identity_index,
+                              w[-1], x.shape[-1])
+        sc = layers.gather_channels(x, index.value)
+      else:
+        sc = x
     out = act(y + sc)
     self.sow('activations', 'out', out)
     return out
@@ -128,6 +131,12 @@ class ResNet(nn.Module):
     activation: key of :data:`demp_jax.models.layers.ACTIVATIONS`.
     unit_widths: one width per unit group in topology order; ``None``: the
       default widths. Use :meth:`with_widths`.
+    shortcut: ``'gather'``: identity shortcuts are per-block gathers, every
+      block keeps its own subset of residual-stream channels (the
+      hand-written :meth:`unit_topology`); ``'add'``: plain ``y + x``, and
+      the topology is derived from the computation
+      (:mod:`demp_jax.derive`): the channels joined by the adds of a stage
+      are one coupled unit group.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
@@ -138,6 +147,7 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   activation: str = 'relu'
   unit_widths: Optional[Sequence[int]] = None
+  shortcut: str = 'gather'
 
   # ------------------------------------------------------------ structure
 
@@ -205,7 +215,7 @@ class ResNet(nn.Module):
     for spec, w in zip(self.block_specs(), self._block_widths()):
       x = ResidualBlock(w, self.block, spec.stride, spec.projection,
                         self.zero_init_last_bn, self.activation,
-                        name=spec.name)(x, train)
+                        self.shortcut == 'gather', name=spec.name)(x, train)
     if self.pool_size:
       p = int(self.pool_size)
       if x.shape[1] < p or x.shape[2] < p:
@@ -231,8 +241,15 @@ class ResNet(nn.Module):
       h, w = conv(h, 3, spec.stride, 1), conv(w, 3, spec.stride, 1)
     return h, w
 
-  def unit_topology(self, input_shape: Sequence[int]) -> topo.UnitTopology:
-    """``input_shape`` is one example's ``(H, W, C)``."""
+  def unit_topology(self, input_shape: Sequence[int]
+                    ) -> Optional[topo.UnitTopology]:
+    """``input_shape`` is one example's ``(H, W, C)``; None with
+    ``shortcut='add'`` (derive it)."""
+    if self.shortcut not in ('gather', 'add'):
+      raise ValueError(f"ResNet shortcut={self.shortcut!r}: use 'gather' or "
+                       "'add'")
+    if self.shortcut == 'add':
+      return None
     h, w = self._final_hw(input_shape)
     if self.pool_size:
       p = int(self.pool_size)
@@ -268,14 +285,14 @@ class ResNet(nn.Module):
     groups = [topo.UnitGroup(
         'stem_act', self.widths[0],
         (topo.AxisRef('params', ('stem_conv', 'kernel'), -1),
-         *norm_refs('stem_bn')),
+         *topo.norm_refs('stem_bn')),
         tuple(input_consumers(specs[0]) if specs else head))]
     for spec, widths, after in zip(specs, self._block_widths(), nxt):
       b = spec.name
       for k, (gname, width) in enumerate(zip(names, widths)):
         conv, bn = f'conv{k + 1}', f'bn{k + 1}'
         produces = [topo.AxisRef('params', (b, conv, 'kernel'), -1),
-                    *norm_refs((b, bn))]
+                    *topo.norm_refs((b, bn))]
         if gname != 'out':
           nconv, nbn = f'conv{k + 2}', f'bn{k + 2}'
           consumes = (topo.AxisRef(
@@ -285,7 +302,7 @@ class ResNet(nn.Module):
           if spec.projection:
             produces += [topo.AxisRef('params', (b, 'proj_conv', 'kernel'),
                                       -1),
-                         *norm_refs((b, 'proj_bn'))]
+                         *topo.norm_refs((b, 'proj_bn'))]
           else:
             produces.append(topo.AxisRef('shortcut', (b, 'index'), 0,
                                          kind='index'))

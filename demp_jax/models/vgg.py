@@ -1,4 +1,5 @@
-"""A width-parametrised VGG-style CNN with BatchNorm that sows activations."""
+"""A VGG-style CNN with BatchNorm; its unit topology is derived
+(:mod:`demp_jax.derive`)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -6,19 +7,16 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 
-from demp_jax import topology as topo
 from demp_jax.models import layers
-from demp_jax.models.mlp import norm_refs
 
 
 class VGG(nn.Module):
   """``[Conv3x3 -> BN -> act (-> MaxPool2x2)]_i -> (AvgPool) -> flatten ->
   [Dense -> BN -> act]_j -> Dense(classes)``, NHWC.
 
-  Unit groups: ``conv_act_i`` (one per conv, a channel is a unit; activation
-  shape ``[batch, H, W, c_i]``) then ``dense_act_j`` (``[batch, d_j]``).
-  The input channels and the logits are never pruned. ``widths`` is
-  ``conv_widths + dense_widths``.
+  Unit groups (derived): ``conv_i`` (one per conv, a channel is a unit;
+  activation shape ``[batch, H, W, c_i]``) then ``dense_j``
+  (``[batch, d_j]``). The input channels and the logits are never pruned.
 
   Attributes:
     conv_widths: output channels of the 3x3 convs.
@@ -30,8 +28,7 @@ class VGG(nn.Module):
     head_pool: ``k > 0``: a ``k x k`` average pool (stride ``k``, VALID)
       after the last conv, before the flatten; 0: none.
     last_conv_width: if set, replaces ``conv_widths[-1]`` (the reference
-      VGG-16 has 1,024 channels in its last conv); :meth:`with_widths`
-      clears it.
+      VGG-16 has 1,024 channels in its last conv).
   """
   conv_widths: Sequence[int] = (32, 64, 128)
   dense_widths: Sequence[int] = (256,)
@@ -50,10 +47,6 @@ class VGG(nn.Module):
       c = c[:-1] + (int(self.last_conv_width),)
     return c
 
-  @property
-  def widths(self) -> tuple[int, ...]:
-    return self.conv_channels + tuple(int(d) for d in self.dense_widths)
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """``x [B, H, W, C]`` -> logits ``[B, num_classes]``."""
@@ -63,7 +56,6 @@ class VGG(nn.Module):
                   kernel_init=layers.he_normal(), name=f'conv_{i}')(x)
       x = layers.batch_norm(train, f'conv_bn_{i}')(x)
       x = act(x)
-      self.sow('activations', f'conv_act_{i}', x)
       if i in self.pool_after:
         x = layers.max_pool_tiles(x, 2)
     if self.head_pool:
@@ -75,63 +67,8 @@ class VGG(nn.Module):
                    name=f'dense_{j}')(x)
       x = layers.batch_norm(train, f'dense_bn_{j}')(x)
       x = act(x)
-      self.sow('activations', f'dense_act_{j}', x)
     return nn.Dense(self.num_classes, kernel_init=layers.lecun_normal(),
                     name='logits')(x)
-
-  def with_widths(self, widths: Sequence[int]) -> 'VGG':
-    widths = tuple(int(w) for w in widths)
-    k = len(self.conv_widths)
-    if len(widths) != k + len(self.dense_widths):
-      raise ValueError(f'{type(self).__name__} has '
-                       f'{k + len(self.dense_widths)} unit groups; got '
-                       f'{len(widths)} widths')
-    return self.clone(conv_widths=widths[:k], dense_widths=widths[k:],
-                      last_conv_width=None, parent=None)
-
-  def unit_topology(self, input_shape: Sequence[int]) -> topo.UnitTopology:
-    """``input_shape`` is one example's ``(H, W, C)``."""
-    h, w = int(input_shape[0]), int(input_shape[1])
-    channels = self.conv_channels
-    for i in range(len(channels)):
-      if i in self.pool_after:
-        h, w = h // 2, w // 2
-    if self.head_pool:
-      h, w = h // int(self.head_pool), w // int(self.head_pool)
-    if h < 1 or w < 1:
-      raise ValueError(f'input {tuple(input_shape)} is too small for '
-                       f'{len(self.pool_after)} pools and head_pool='
-                       f'{self.head_pool}')
-    flat_tile = h * w
-    groups = []
-    n_conv, n_dense = len(channels), len(self.dense_widths)
-    for i, c in enumerate(channels):
-      produces = [topo.AxisRef('params', (f'conv_{i}', 'kernel'), -1)]
-      if self.conv_bias:
-        produces.append(topo.AxisRef('params', (f'conv_{i}', 'bias'), -1))
-      produces += norm_refs(f'conv_bn_{i}')
-      if i + 1 < n_conv:
-        nxt = f'conv_{i + 1}'
-        fold = (topo.FoldRef('params', (nxt, 'bias')) if self.conv_bias else
-                topo.FoldRef('batch_stats', (f'conv_bn_{i + 1}', 'mean'),
-                             -1.0))
-        consumer = topo.AxisRef('params', (nxt, 'kernel'), -2, fold=fold)
-      else:
-        nxt = 'dense_0' if n_dense else 'logits'
-        consumer = topo.AxisRef('params', (nxt, 'kernel'), 0, tile=flat_tile,
-                                fold=topo.FoldRef('params', (nxt, 'bias')))
-      groups.append(topo.UnitGroup(f'conv_act_{i}', int(c), tuple(produces),
-                                   (consumer,)))
-    for j, d in enumerate(self.dense_widths):
-      produces = [topo.AxisRef('params', (f'dense_{j}', 'kernel'), -1),
-                  topo.AxisRef('params', (f'dense_{j}', 'bias'), -1)]
-      produces += norm_refs(f'dense_bn_{j}')
-      nxt = f'dense_{j + 1}' if j + 1 < n_dense else 'logits'
-      groups.append(topo.UnitGroup(
-          f'dense_act_{j}', int(d), tuple(produces),
-          (topo.AxisRef('params', (nxt, 'kernel'), 0,
-                        fold=topo.FoldRef('params', (nxt, 'bias'))),)))
-    return topo.UnitTopology(tuple(groups))
 
 
 class VGG16(VGG):

@@ -212,10 +212,15 @@ class ViT(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=layers.lecun_normal(),
                     name='head')(x[:, 0])
 
-  def unit_topology(self, input_shape: Sequence[int]) -> topo.UnitTopology:
-    """``input_shape`` is one example's ``(H, W, C)`` (the token count does
-    not change the topology)."""
+  def unit_topology(self, input_shape: Sequence[int]
+                    ) -> Optional[topo.UnitTopology]:
+    """The hand-written topology of the variants whose groups go through
+    index maps or head axes (``prune_heads``, ``mlp_out_activation``); None
+    for the plain ViT, whose MLP groups are derived (:mod:`demp_jax.derive`).
+    ``input_shape`` is one example's ``(H, W, C)``."""
     del input_shape
+    if not (self.prune_heads or self.mlp_out_activation):
+      return None
     groups = []
     for i in range(int(self.depth)):
       w = self._block_widths(i)

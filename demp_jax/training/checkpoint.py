@@ -66,6 +66,7 @@ class Checkpointer:
     """Saves and waits; an existing step is replaced."""
     if step in self._mngr.all_steps():
       self._mngr.delete(step)
+    _require_savable(state)
     meta = {**meta, CHECKSUMS: checksums(state)}
     ok = self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
@@ -159,12 +160,27 @@ class Checkpointer:
     self._mngr.close()
 
 
+def _require_savable(state: Any) -> None:
+  """A ``ValueError`` naming the first array orbax cannot save (zero size),
+  raised before orbax starts its threads: a save that fails inside orbax
+  leaves a thread waiting for a signal that never comes, which blocks the
+  interpreter's exit (orbax-checkpoint 0.12.8)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if hasattr(leaf, 'shape') and np.size(leaf) == 0:
+      raise ValueError(f'checkpoint: array {jax.tree_util.keystr(path)} has '
+                       f'shape {tuple(leaf.shape)}; orbax cannot save a '
+                       'zero-size array (a layer of width 0?)')
+
+
 def checksums(state: Any) -> dict[str, int]:
   """``{leaf path: CRC-32 of its bytes}`` for every array of ``state``
   that this process holds whole (on its own devices, or replicated over
   every process)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None),
+                             jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)  # NNX RNG streams: their key bits
     if getattr(leaf, 'is_fully_addressable', True):
       host = jax.device_get(leaf)
     elif getattr(leaf.sharding, 'is_fully_replicated', False):

@@ -57,7 +57,7 @@ from demp_jax.data import train_batches
 from demp_jax.training import held as held_lib
 from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import parallel
-from demp_jax.training.loop import build, evaluate, init_variables, make_step
+from demp_jax.training.loop import build, evaluate, make_step
 from demp_jax.training.options import require
 from demp_jax.training.steps import TrainState
 
@@ -188,8 +188,7 @@ def run_cycles(config, workdir: str) -> dict:
                                         start_params=theta0['params'])
       rec['prune'] = {**info, 'seconds': time.perf_counter() - t1}
       if rewind == 'reinit':
-        start = init_variables(model, seed + 1000 * (r + 1),
-                               setup.input_shape)
+        start = model.init(seed + 1000 * (r + 1))
     records.append(rec)
     if opts['progress'] and dp.process_index == 0:
       print(f'round {r}: sparsity {rec["weight_sparsity"]:.4f} test acc '

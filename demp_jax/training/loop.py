@@ -26,6 +26,7 @@ import numpy as np
 
 from demp_jax import flops as flops_lib
 from demp_jax import models
+from demp_jax.net import Net
 from demp_jax import topology as topo
 from demp_jax.algorithms import create_updater_from_config
 from demp_jax.data import (augment as augment_lib, eval_batches, load_dataset,
@@ -36,8 +37,10 @@ from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import optim
 from demp_jax.training import parallel
 from demp_jax.training.options import TrainOptions
+from demp_jax.training.recalibrate import EvalView
 from demp_jax.training.record import RunRecord
-from demp_jax.training.shrink import ShrinkController, unit_topology
+from demp_jax.training.shrink import ShrinkController
+from demp_jax.training.validate import validate_config
 from demp_jax.training.steps import (Compiler, TrainState, make_eval_step,
                                      make_train_step)
 
@@ -46,19 +49,11 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the run stopped."""
 
 
-def init_variables(model, seed: int, input_shape) -> dict:
-  """The model's variables (no sown activations), initialised under jit."""
-  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  init = jax.jit(lambda key: model.init(key, x, train=False))
-  variables = init(jax.random.PRNGKey(seed))
-  return {k: v for k, v in variables.items() if k != 'activations'}
-
-
 class Setup(NamedTuple):
   splits: Any
   input_shape: tuple
   model_config: dict
-  model: Any
+  model: Net        # the model as the library sees it, at full width
   variables: dict
   topology: topo.UnitTopology
   updater: Any
@@ -67,21 +62,42 @@ class Setup(NamedTuple):
 
 def build(config, num_steps: int) -> Setup:
   """Data, model, initial variables, updater and its wrapped optimiser
-  (the learning-rate schedule spans ``num_steps``)."""
+  (the learning-rate schedule spans ``num_steps``).
+
+  ``config.model.name`` is a built-in model or a user's
+  ``'package.module:factory'`` (a Linen or NNX module); either way its unit
+  topology comes from :class:`demp_jax.net.Net`."""
   splits = load_dataset(config.dataset)
   input_shape = tuple(splits.train.example_shape)
   model_cfg = dict(config.model)
-  model_cfg.setdefault('num_classes', splits.num_classes)
-  model = models.build_model(model_cfg)
-  variables = init_variables(model, int(config.seed), input_shape)
+  if ':' in str(model_cfg.get('name', '')):  # a user model's factory
+    unused = sorted(set(model_cfg) - {'name'})
+    if unused and jax.process_index() == 0:
+      print(f'config.model: the user model {model_cfg["name"]} takes no '
+            f'settings; {", ".join(unused)} are not used', file=sys.stderr)
+  else:
+    model_cfg.setdefault('num_classes', splits.num_classes)
+  net, variables = Net.create(models.build_model(model_cfg), input_shape,
+                              seed=int(config.seed))
+  _require_logits(net, variables, splits.num_classes, model_cfg['name'])
   _require_nonempty(variables)
-  topology = unit_topology(model, input_shape)
-  topology.validate(variables)
+  net.topology.validate(variables)
   updater = create_updater_from_config(config.sparsity_config,
-                                       topology=topology)
+                                       topology=net.topology)
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
-  return Setup(splits, input_shape, model_cfg, model, variables, topology,
+  return Setup(splits, input_shape, model_cfg, net, variables, net.topology,
                updater, tx)
+
+
+def _require_logits(net: Net, variables: dict, num_classes: int,
+                    name: str) -> None:
+  """A ``ValueError`` unless the model maps a batch to ``[B, classes]``."""
+  x = jax.ShapeDtypeStruct((2,) + net.input_shape, jnp.float32)
+  shape = jax.eval_shape(net.apply, variables, x).shape
+  if tuple(shape) != (2, num_classes):
+    raise ValueError(f'config.model.name={name!r} maps a batch of 2 to '
+                     f'logits of shape {tuple(shape)}; the dataset needs '
+                     f'(2, {num_classes})')
 
 
 def _require_nonempty(variables: dict) -> None:
@@ -116,6 +132,25 @@ def evaluate(model, variables, ds, batch_size, mean, std,
     correct += float(c)
     loss += float(l)
   return {'accuracy': correct / len(ds), 'loss': loss / len(ds)}
+
+
+def evaluate_test(view: EvalView, splits: Any, opts: TrainOptions,
+                  dp: parallel.DataParallel, model: Net, variables: dict,
+                  step: int) -> dict:
+  """``test_accuracy`` and ``test_loss`` of the network the view shows at
+  ``step``; when it recalibrates the BatchNorm statistics, also
+  ``test_accuracy_running_stats`` and ``test_loss_running_stats``, the same
+  network with its moving averages."""
+  run = functools.partial(evaluate, model, ds=splits.test,
+                          batch_size=opts.eval_batch_size, mean=splits.mean,
+                          std=splits.std, dp=dp)
+  seen = run(view(model, variables, step))
+  out = {'test_accuracy': seen['accuracy'], 'test_loss': seen['loss']}
+  if view:
+    own = run(variables)
+    out.update(test_accuracy_running_stats=own['accuracy'],
+               test_loss_running_stats=own['loss'])
+  return out
 
 
 class TrainClock:
@@ -167,11 +202,23 @@ def save(ckpt: ckpt_lib.Checkpointer, model_config: dict, record: RunRecord,
 
 def restore(ckpt: ckpt_lib.Checkpointer, setup: Setup,
             dp: parallel.DataParallel, resume: bool
-            ) -> tuple[int, RunRecord, TrainState, Any]:
-  """``(start step, record, state, model)``: from the latest checkpoint
-  with ``resume`` (at its widths), else a fresh start."""
-  latest = ckpt.latest_step() if resume else None
-  if latest is None:
+            ) -> tuple[int, RunRecord, TrainState, Net]:
+  """``(start step, record, state, model)``: with ``resume``, from the
+  newest checkpoint that restores (at its widths; damaged newer ones are
+  named and set aside, see :meth:`Checkpointer.restore_latest`), else a
+  fresh start."""
+  def abstract_state(meta: dict) -> TrainState:
+    net = setup.model.at_widths(RunRecord.from_json(meta['run']).widths)
+    params = net.abstract_variables()['params']
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                       sharding=dp.replicated),
+        TrainState(jax.ShapeDtypeStruct((), jnp.int32),
+                   net.abstract_variables(), jax.eval_shape(setup.tx.init,
+                                                            params)))
+
+  restored = ckpt.restore_latest(abstract_state) if resume else None
+  if restored is None:
     if resume and dp.process_index == 0:
       print(f'resume: no checkpoint in {ckpt.directory}; starting fresh',
             file=sys.stderr)
@@ -184,15 +231,9 @@ def restore(ckpt: ckpt_lib.Checkpointer, setup: Setup,
         live={g.name: np.ones(g.size, bool) for g in setup.topology.groups})
     state = TrainState(jnp.zeros([], jnp.int32), v, setup.tx.init(v['params']))
     return 0, record, dp.replicate(state), setup.model
-  record = RunRecord.from_json(ckpt.read_meta(latest)['run'])
-  model = setup.model.with_widths(record.widths)
-  fresh = lambda: init_variables(model, 0, setup.input_shape)
-  abstract = jax.eval_shape(lambda: TrainState(
-      jnp.zeros([], jnp.int32), fresh(), setup.tx.init(fresh()['params'])))
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dp.replicated),
-      abstract)
-  return latest, record, ckpt.restore(latest, abstract), model
+  record = RunRecord.from_json(restored.meta['run'])
+  return (restored.step, record, restored.state,
+          setup.model.at_widths(record.widths))
 
 
 def train(config, workdir: str) -> dict:
@@ -200,11 +241,11 @@ def train(config, workdir: str) -> dict:
   ``workdir/summary.json``."""
   parallel.maybe_initialize_distributed(config)
   dp = parallel.DataParallel()
+  validate_config(config, num_devices=dp.num_devices)
   opts = TrainOptions.from_config(config)
-  dp.check_batch(opts.batch_size, 'config.batch_size')
-  os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   setup = build(config, opts.num_steps)
+  os.makedirs(workdir, exist_ok=True)  # nothing written before the data
   splits, seed = setup.splits, opts.seed
   batches_from = lambda s: train_batches(
       splits.train, opts.batch_size, seed, s, dp.process_index,
@@ -220,13 +261,19 @@ def train(config, workdir: str) -> dict:
     compiler = Compiler(make_step(setup, opts.label_smoothing), sample)
     clock = TrainClock(record.train_seconds)
     checkpoint = functools.partial(save, ckpt, setup.model_config, record)
+    view = EvalView(opts.bn_recalibration_batches, lambda step: (
+        held_lib.draw_held(held_lib.split_source(splits, 'train', 'train'),
+                           opts.bn_recalibration_batches, opts.batch_size,
+                           seed * 1_000_003 + step, dp, splits.mean,
+                           splits.std).images))
+    test_of = functools.partial(evaluate_test, view, splits, opts, dp)
     shrinker = ShrinkController(
         model=model, updater=setup.updater, record=record,
         step=compiler(model, state), compiler=compiler, save=checkpoint,
         draw=held_lib.EventProbes(splits, seed, dp),
-        clock=clock, input_shape=setup.input_shape, tx=setup.tx, dp=dp,
+        clock=clock, tx=setup.tx, dp=dp,
         round_widths_to=opts.round_widths_to, shrink_delay=opts.shrink_delay,
-        num_steps=opts.num_steps)
+        num_steps=opts.num_steps, view=view)
     stack.callback(shrinker.close)
     shrinker.resume(state)
     batches = stack.enter_context(contextlib.closing(prefetch(
@@ -256,12 +303,10 @@ def train(config, workdir: str) -> dict:
             **shrinker.updater.scalar_metrics(step)})
       if opts.eval_every and (step + 1) % opts.eval_every == 0:
         with clock.paused():
-          acc = evaluate(shrinker.model, state.variables, splits.test,
-                         opts.eval_batch_size, splits.mean, splits.std,
-                         dp)['accuracy']
+          test = test_of(shrinker.model, state.variables, step + 1)
         record.evals.append({'step': step + 1, 'train_clock_seconds': clock(),
-                             'test_accuracy': acc})
-        writer.write(step, {'test_accuracy': acc,
+                             **test})
+        writer.write(step, {'test_accuracy': test['test_accuracy'],
                             'train_clock_seconds': clock()})
       if opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
         record.train_seconds = clock()
@@ -274,8 +319,7 @@ def train(config, workdir: str) -> dict:
     state = shrinker.finish(opts.num_steps, state, start < opts.num_steps)
     record.train_seconds = clock()
     checkpoint(opts.num_steps, state)
-  test = evaluate(shrinker.model, state.variables, splits.test,
-                  opts.eval_batch_size, splits.mean, splits.std, dp)
+  test = test_of(shrinker.model, state.variables, opts.num_steps)
   summary = summarize(config, record, shrinker, state, setup.input_shape,
                       test, start, time.perf_counter() - t_start, compiler)
   if dp.process_index == 0:
@@ -312,8 +356,7 @@ def summarize(config, record: RunRecord, shrinker: ShrinkController,
   summary = {
       'status': 'ok',
       'algorithm': config.sparsity_config.algorithm,
-      'test_accuracy': test['accuracy'],
-      'test_loss': test['loss'],
+      **test,
       'final_train_loss': record.final_train_loss,
       'params_initial': record.params_initial,
       'params_final': params_final,

@@ -43,6 +43,10 @@ class TrainOptions:
     shrink_delay: steps trained with the removed units held at zero while
       the shrunk step compiles in the background (0: compile at once).
     progress: show a progress bar.
+    bn_recalibration_batches: ``N > 0``: the death checks and evaluations
+      see BatchNorm statistics recomputed from ``N`` held training batches
+      (:mod:`demp_jax.training.recalibrate`); 0: the moving averages, as in
+      the reference code.
   """
   seed: int
   num_steps: int
@@ -56,6 +60,7 @@ class TrainOptions:
   round_widths_to: int
   shrink_delay: int
   progress: bool
+  bn_recalibration_batches: int
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> 'TrainOptions':
@@ -66,7 +71,8 @@ class TrainOptions:
     for name, low in (('num_steps', 1), ('log_every', 1),
                       ('round_widths_to', 1), ('batch_size', 1),
                       ('eval_batch_size', 1), ('checkpoint_every', 0),
-                      ('eval_every', 0), ('shrink_delay', 0)):
+                      ('eval_every', 0), ('shrink_delay', 0),
+                      ('bn_recalibration_batches', 0)):
       if getattr(out, name) < low:
         raise ValueError(f'config.{name} must be >= {low}, got '
                          f'{getattr(out, name)}')

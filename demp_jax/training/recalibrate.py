@@ -19,65 +19,21 @@ computes at every BatchNorm::
 
 where ``x_l^(k)`` is the input of BatchNorm ``l`` on batch ``k`` in train
 mode (earlier norms normalising with their own batch statistics, as in
-training) and ``var_b`` is Flax's biased batch variance
-``mean_b(x^2) - mean_b(x)^2`` clipped at 0. This is PyTorch's
+training) and ``var_b`` is Flax's biased batch variance: what one train
+step with momentum 0 would write (:meth:`demp_jax.net.Net.batch_statistics`,
+for Linen and NNX models alike). This is PyTorch's
 ``torch.optim.swa_utils.update_bn`` (``momentum=None``). The reference code
 never recalibrates: its death check and evaluation use the moving averages.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_COLLECTION = 'recalibration'
 
-
-def _capture_batch_moments(next_fun, args, kwargs, context):
-  """Method interceptor: at every train-mode ``nn.BatchNorm`` call, sows
-  the per-feature batch mean and biased variance of its input."""
-  module = context.module
-  if not isinstance(module, nn.BatchNorm) or context.method_name != '__call__':
-    return next_fun(*args, **kwargs)
-  x = args[0] if args else kwargs['x']
-  running = args[1] if len(args) > 1 else kwargs.get('use_running_average')
-  running = module.use_running_average if running is None else running
-  if not running and not module.is_initializing():
-    if kwargs.get('mask') is not None:
-      raise ValueError(f'recalibrate: BatchNorm {"/".join(module.path)} is '
-                       'called with a mask, which it does not support')
-    axes = module.axis if isinstance(module.axis, tuple) else (module.axis,)
-    features = {a % x.ndim for a in axes}
-    reduce = tuple(i for i in range(x.ndim) if i not in features)
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean = jnp.mean(x32, axis=reduce)
-    var = jnp.maximum(jnp.mean(jnp.square(x32), axis=reduce) -
-                      jnp.square(mean), 0.0)
-    module.sow(_COLLECTION, 'moments', (mean, var))
-  return next_fun(*args, **kwargs)
-
-
-def _batch_moments(model: nn.Module, variables: Mapping[str, Any],
-                   x: jax.Array) -> dict[tuple, tuple[jax.Array, jax.Array]]:
-  """``{BatchNorm path: (batch mean, batch variance)}`` of one train-mode
-  forward on ``x`` (the mean over calls where a norm runs more than once)."""
-  with nn.intercept_methods(_capture_batch_moments):
-    _, state = model.apply(variables, x, train=True,
-                           mutable=['batch_stats', _COLLECTION])
-  flat = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(state.get(_COLLECTION, {})))
-  out = {}
-  for path, calls in flat.items():
-    means, variances = zip(*calls)
-    out[path[:-1]] = (sum(means) / len(means),
-                      sum(variances) / len(variances))
-  return out
-
-
-def _recalibrate(model: nn.Module, variables: Mapping[str, Any],
+def _recalibrate(model: Any, variables: Mapping[str, Any],
                  batches: jax.Array) -> dict:
   if batches.ndim < 3:
     raise ValueError('recalibrate: batches must be [N, B, ...] held batches, '
@@ -85,33 +41,19 @@ def _recalibrate(model: nn.Module, variables: Mapping[str, Any],
   variables = {k: v for k, v in variables.items() if k != 'activations'}
   if 'batch_stats' not in variables:
     return variables
-  stats = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(variables['batch_stats']))
-  probe = jax.eval_shape(lambda v, x: _batch_moments(model, v, x), variables,
-                         batches[0])
-  missing = sorted({'/'.join(p[:-1]) for p in stats} -
-                   {'/'.join(p) for p in probe})
-  if missing:
-    raise ValueError(f'recalibrate: batch_stats {missing} belong to no '
-                     'BatchNorm that runs on batch statistics in train mode')
 
   def body(total, x):
-    moments = _batch_moments(model, variables, x)
-    return jax.tree.map(jnp.add, total, moments), None
+    stats = model.batch_statistics(variables, x)
+    return jax.tree.map(lambda t, s: t + s.astype(t.dtype), total,
+                        stats), None
 
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), probe)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                       variables['batch_stats'])
   total, _ = jax.lax.scan(body, zeros, batches)
   n = batches.shape[0]
-  new = {}
-  for path, value in stats.items():
-    mean, var = total[path[:-1]]
-    moment = {'mean': mean, 'var': var}.get(path[-1])
-    if moment is None:
-      raise ValueError(f'recalibrate: unknown batch_stats entry '
-                       f'{"/".join(path)} (BatchNorm keeps mean and var)')
-    new[path] = (moment / n).astype(value.dtype)
-  return {**variables,
-          'batch_stats': flax.traverse_util.unflatten_dict(new)}
+  return {**variables, 'batch_stats': jax.tree.map(
+      lambda t, old: (t / n).astype(old.dtype), total,
+      variables['batch_stats'])}
 
 
 recalibrate = jax.jit(_recalibrate, static_argnames=('model',))
@@ -119,14 +61,33 @@ recalibrate.__doc__ = """Variables with every BatchNorm's running statistics
 recomputed from held batches at the current weights (see the module doc).
 
 Args:
-  model: a Flax model whose ``apply(variables, x, train=True)`` normalises
-    with batch statistics (``nn.BatchNorm``).
+  model: a :class:`demp_jax.net.Net`.
   variables: its variables; ``batch_stats`` is replaced, the rest returned
-    unchanged (without sown ``activations``). Without ``batch_stats`` they
-    are returned as they are.
+    unchanged. Without ``batch_stats`` they are returned as they are.
   batches: ``[N, B, ...]`` inputs, preprocessed and not augmented.
 
 Returns:
   The variables with ``batch_stats`` of the same structure, shapes and
   dtypes.
 """
+
+
+class EvalView:
+  """The variables the death check and the evaluations see at a step: the
+  training state's own (``batches == 0``), or with recalibrated BatchNorm
+  statistics from ``batches`` held batches that ``draw(step)`` returns
+  (``[N, B, ...]``, normalised). The training state is never changed."""
+
+  def __init__(self, batches: int, draw: Callable[[int], jax.Array]):
+    self.batches = int(batches)
+    self._draw = draw
+
+  def __bool__(self) -> bool:
+    return self.batches > 0
+
+  def __call__(self, model: Any, variables: Mapping[str, Any],
+               step: int) -> Mapping[str, Any]:
+    if not self.batches:
+      return variables
+    return jax.block_until_ready(recalibrate(model, variables,
+                                             self._draw(step)))

@@ -44,15 +44,11 @@ from demp_jax import stats as stats_lib
 from demp_jax import surgery
 from demp_jax import topology as topo
 from demp_jax.algorithms.base import Decision, PruneContext
+from demp_jax.net import Net
 from demp_jax.training import parallel
 from demp_jax.training.held import Held
 from demp_jax.training.record import PendingShrink, RunRecord
 from demp_jax.training.steps import CompiledStep, Compiler, TrainState
-
-
-def unit_topology(model: Any, input_shape: tuple) -> topo.UnitTopology:
-  """The unit topology of ``model`` at its current widths."""
-  return model.unit_topology(input_shape)
 
 
 def removed_constants(constants: Optional[Mapping[str, Any]],
@@ -94,14 +90,14 @@ def fold_and_hold(updater: Any, state: TrainState,
 
 class Shrunk(NamedTuple):
   """What the background job hands to the swap."""
-  model: Any
+  model: Net
   step: CompiledStep
   stats_fn: Optional[Callable]  # the death check compiled for the new widths
   info: dict                    # numbers for the event record
 
 
-def shrink_job(model: Any, variables: dict, opt_state: Any,
-               kept: Mapping[str, np.ndarray], *, input_shape: tuple, tx: Any,
+def shrink_job(model: Net, variables: dict, opt_state: Any,
+               kept: Mapping[str, np.ndarray], *, tx: Any,
                compiler: Compiler, dp: parallel.DataParallel,
                probe: Optional[jax.Array] = None,
                reference: Optional[dict] = None,
@@ -114,8 +110,8 @@ def shrink_job(model: Any, variables: dict, opt_state: Any,
   death check's batches), the death check's."""
   _lower_thread_priority()
   t0 = time.perf_counter()
-  res = surgery.shrink(model, variables, kept, input_shape=input_shape,
-                       opt_state=opt_state, tx=tx, probe=probe)
+  res = surgery.shrink(model, variables, kept, opt_state=opt_state, tx=tx,
+                       probe=probe)
   info = {'surgery_seconds': time.perf_counter() - t0,
           'max_masked_diff': res.max_masked_diff}
   if reference is not None:
@@ -196,7 +192,7 @@ class ShrinkController:
   and :meth:`finish` after the last; both take and return the train state.
 
   Args:
-    model: the model at the record's widths.
+    model: the model at the record's widths (a :class:`demp_jax.net.Net`).
     updater: its updater.
     record: the run's record (a fresh one, or a checkpoint's).
     step: the train step compiled for ``model``.
@@ -204,34 +200,37 @@ class ShrinkController:
     draw: ``(spec, step) -> Held``: the held data of an event.
     save: ``(step, state) -> None``: writes a checkpoint (after a swap).
     clock: ``() -> float``: the training clock, for the event records.
-    input_shape, tx, dp: the example shape, the wrapped optimiser, the data
-      parallelism.
+    tx, dp: the wrapped optimiser, the data parallelism.
+    view: ``(model, variables, step) -> variables`` the decisions see
+      (:class:`demp_jax.training.recalibrate.EvalView`; default: the
+      state's own).
     round_widths_to, shrink_delay, num_steps: the width bucket, the steps
       between a decision and its swap, the run's length.
   """
 
-  def __init__(self, *, model: Any, updater: Any, record: RunRecord,
+  def __init__(self, *, model: Net, updater: Any, record: RunRecord,
                step: CompiledStep, compiler: Compiler,
                draw: Callable[[Any, int], Held],
                save: Callable[[int, TrainState], None],
-               clock: Callable[[], float], input_shape: tuple, tx: Any,
+               clock: Callable[[], float], tx: Any,
                dp: parallel.DataParallel, round_widths_to: int,
-               shrink_delay: int, num_steps: int):
+               shrink_delay: int, num_steps: int,
+               view: Callable[[Net, dict, int], dict] = (
+                   lambda model, variables, step: variables)):
     self.record = record
     self.step = step
     self.stats_fn: Optional[Callable] = None
     self._compiler, self._draw, self._save = compiler, draw, save
-    self._clock, self._input_shape, self._tx, self._dp = (
-        clock, input_shape, tx, dp)
+    self._clock, self._tx, self._dp, self._view = clock, tx, dp, view
     self._round_to, self._delay, self._num_steps = (
         round_widths_to, shrink_delay, num_steps)
     self._job: Optional[BackgroundJob] = None
     self._resize(model, updater)
 
-  def _resize(self, model: Any, updater: Any) -> None:
+  def _resize(self, model: Net, updater: Any) -> None:
     """The one place where the controller's model changes."""
     self.model = model
-    self.topology = unit_topology(model, self._input_shape)
+    self.topology = model.topology
     self.updater = updater.with_topology(self.topology)
 
   # -------------------------------------------------------- the loop's side
@@ -278,13 +277,18 @@ class ShrinkController:
       state = self.swap(step, state)  # decide on the network as it is
     spec = self.updater.probe
     held = self._draw(spec, step)
-    ctx = PruneContext(step, self.model, self.topology, state.variables,
+    t0 = time.perf_counter()
+    seen = self._view(self.model, state.variables, step)
+    recalibrate_seconds = time.perf_counter() - t0
+    ctx = PruneContext(step, self.model, self.topology, seen,
                        state.opt_state, held.images, held.labels,
                        spec.epsilon, stats_fn=self.stats_fn)
     t0 = time.perf_counter()
     decision = self.updater.decide(ctx)
     event = {'step': step, 'decide_seconds': time.perf_counter() - t0,
              'clock': self._clock(), 'steps_before': step}
+    if seen is not state.variables:
+      event['recalibrate_seconds'] = recalibrate_seconds
     self.record.events.append(event)
     if decision.masks is not None:
       state = TrainState(state.step, {
@@ -347,7 +351,7 @@ class ShrinkController:
     thread, from host snapshots of the held state."""
     self._job = BackgroundJob(functools.partial(
         shrink_job, self.model, variables, opt_state, pending.kept,
-        input_shape=self._input_shape, tx=self._tx, compiler=self._compiler,
+        tx=self._tx, compiler=self._compiler,
         dp=self._dp, probe=probe, reference=reference,
         held_images=held_images, epsilon=self.updater.probe.epsilon))
     self.record.pending = pending
@@ -361,12 +365,10 @@ class ShrinkController:
     shrunk = self._job.result()
     wait = time.perf_counter() - t0
     res = surgery.shrink(self.model, parallel.fetch(state.variables), p.kept,
-                         input_shape=self._input_shape,
                          opt_state=parallel.fetch(state.opt_state),
                          tx=self._tx)
     self._resize(res.model, self.updater)
-    if self.topology.sizes != unit_topology(shrunk.model,
-                                            self._input_shape).sizes:
+    if self.topology.sizes != shrunk.model.topology.sizes:
       raise AssertionError('the background surgery and the swap disagree on '
                            'the new widths')
     self.step, self.stats_fn = shrunk.step, shrunk.stats_fn

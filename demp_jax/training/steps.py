@@ -36,19 +36,22 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 def make_train_step(model, tx: optax.GradientTransformation, updater,
                     mean, std, label_smoothing: float = 0.0,
                     augment: Callable | None = None) -> Callable:
-  """``step(state, images uint8, labels, key) -> (state, metrics)``."""
+  """``step(state, images uint8, labels, key) -> (state, metrics)`` for a
+  :class:`demp_jax.net.Net` ``model`` (its ``mutable`` collections, norm
+  statistics and NNX state, are updated)."""
   def step(state: TrainState, images, labels, key):
     x = normalize(images, mean, std)
     if augment is not None:
       x = augment(key, x)
     params = state.variables['params']
     others = {k: v for k, v in state.variables.items() if k != 'params'}
-    mutable = [k for k in ('batch_stats',) if k in others]
     params_fwd = updater.pre_forward_update(params, state.opt_state)
 
     def loss_fn(p):
+      # dropout (Linen) draws from its own stream of the step's key
       logits, new = model.apply({'params': p, **others}, x, train=True,
-                                mutable=mutable)
+                                mutable=model.mutable,
+                                rng=jax.random.fold_in(key, 1))
       return cross_entropy(logits, labels, label_smoothing), (logits, new)
 
     (loss, (logits, new)), grads = jax.value_and_grad(

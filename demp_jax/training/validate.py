@@ -147,6 +147,7 @@ RULES: dict[str, Allowed] = {
     'round_widths_to': _COUNT,
     'shrink_delay': _COUNT0,
     'progress': FLAG,
+    'bn_recalibration_batches': _COUNT0,
     'distributed.num_processes': _COUNT,
     'distributed.process_id': _COUNT0,
     'distributed.coordinator_address': TEXT,
@@ -357,7 +358,11 @@ def _check_parts(config: Any) -> None:
   """Builds what is cheap to build (no weights, no data) so that each
   part checks its own invariants: unknown keys, a base AP cannot wrap, a
   schedule without the keys it needs."""
-  if 'model' in config and ':' not in str(config['model'].get('name')):
+  name = str(config['model'].get('name')) if 'model' in config else ''
+  if ':' in name:  # a user model: its factory must import (not run here)
+    from demp_jax import net  # pylint: disable=g-import-not-at-top
+    _as_config_error(net.load_factory, name)
+  elif 'model' in config:
     from demp_jax import models  # pylint: disable=g-import-not-at-top
     cfg = dict(config['model'])
     cfg.setdefault('num_classes', 10)

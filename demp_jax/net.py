@@ -1,0 +1,597 @@
+"""A Flax model as demp_jax sees it: Linen or NNX, built in or the user's.
+
+:class:`Net` wraps a model so that every part of the library (the train
+step, the death check, the surgery, checkpoints, FLOP counts) talks to one
+interface with Linen's calling convention::
+
+    net, variables = Net.create(model, input_shape)   # Linen module or
+                                                      # nnx.Module
+    logits = net.apply(variables, x)                  # eval mode
+    logits, updates = net.apply(variables, x, train=True,
+                                mutable=net.mutable)  # train mode
+    logits, acts = net.activations(variables, x)      # acts[group]: list
+                                                      # of [B, ..., n]
+    smaller = net.at_widths({'conv_0': 24, ...})      # same model, new sizes
+
+``variables`` is a dict of collections of nested dicts with ``str`` keys:
+``'params'``, ``'batch_stats'`` (norm running statistics) and, for NNX,
+``'nnx'`` (every other ``nnx.Variable``: RNG streams, counters).
+
+**The unit topology** comes from :func:`demp_jax.derive.derive`, traced
+from the model's own computation, unless a Linen module describes it
+itself with a ``unit_topology(input_shape)`` method (the built-in ResNets,
+whose per-block shortcut gathers are hand-written).
+
+**Sizes come from the arrays.** A Linen layer checks its parameters against
+the sizes written in the model (``nn.Dense(128)``), so after surgery
+``Net.apply`` runs the module under :func:`flax.linen.intercept_methods`
+with an interceptor that sets the ``features`` of every ``Dense``, ``Conv``,
+``ConvTranspose`` and ``DenseGeneral`` from the kernel it is given (norm
+layers take their size from their input already). A module whose code
+fixes a size some other way (``self.param('w', init, (n, 128))``, an
+array built with a width) cannot run smaller: :meth:`Net.create` finds out
+by tracing the model once at reduced widths and leaves those groups out of
+the topology, saying why in :attr:`Net.skipped`. A built-in model with
+``with_widths`` and its own ``unit_topology`` is rebuilt at its new widths
+instead. NNX modules read their sizes from their arrays; after surgery
+:meth:`Net.module_at` returns a module whose size attributes
+(``in_features``, ``out_features``, ``num_features``) match its arrays.
+
+**Modes.** Linen: the ``train``, ``training``, ``is_training``,
+``deterministic`` or ``use_running_average`` argument of ``__call__``,
+whichever it has. NNX: ``module.train()`` and ``module.eval()``, and that
+argument too when its ``__call__`` has one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from demp_jax import derive as derive_lib
+from demp_jax import topology as topo
+
+# Linen call arguments that select the mode, and their value in train mode.
+_MODE_ARGS = {'train': True, 'training': True, 'is_training': True,
+              'deterministic': False, 'use_running_average': False}
+
+_SIZED_LAYERS = (nn.Dense, nn.Conv, nn.ConvTranspose, nn.DenseGeneral)
+
+
+class ModelError(ValueError):
+  """The model cannot be used as given (names the model and the problem)."""
+
+
+def sizes_from_params(next_fun, args, kwargs, context):
+  """Linen interceptor: a ``Dense``/``Conv``/``ConvTranspose``/
+  ``DenseGeneral`` called with a kernel takes its ``features`` from the
+  kernel's output axes, so the module runs at the widths of its arrays."""
+  m = context.module
+  if (context.method_name == '__call__' and isinstance(m, _SIZED_LAYERS)
+      and m.scope is not None and m.has_variable('params', 'kernel')):
+    shape = np.shape(m.get_variable('params', 'kernel'))
+    if isinstance(m.features, int):
+      object.__setattr__(m, 'features', int(shape[-1]))
+    else:
+      k = len(tuple(m.features))
+      object.__setattr__(m, 'features', tuple(int(s) for s in shape[-k:]))
+  return next_fun(*args, **kwargs)
+
+
+def _momentum_zero(next_fun, args, kwargs, context):
+  """Linen interceptor: every ``BatchNorm`` replaces its running statistics
+  by the batch's (momentum 0)."""
+  if context.method_name == '__call__' and isinstance(context.module,
+                                                       nn.BatchNorm):
+    object.__setattr__(context.module, 'momentum', 0.0)
+  return next_fun(*args, **kwargs)
+
+
+def _mode_arg(fn: Callable) -> Optional[str]:
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return None
+  for name in _MODE_ARGS:
+    if name in params:
+      return name
+  return None
+
+
+def _is_nnx(model: Any) -> bool:
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return isinstance(model, (nnx.Module, nnx.GraphDef))
+
+
+# ------------------------------------------------------------ key trees
+
+
+def _str_keys(tree: Any) -> tuple[Any, Any]:
+  """``(tree with str keys, key map)``; the map restores the original keys
+  (NNX lists are keyed by int)."""
+  if not isinstance(tree, Mapping):
+    return tree, None
+  out, keys = {}, []
+  for k, v in tree.items():
+    sv, sub = _str_keys(v)
+    out[str(k)] = sv
+    keys.append((str(k), k, sub))
+  return out, tuple(keys)
+
+
+def _restore_keys(tree: Any, keys: Any) -> Any:
+  if keys is None or not isinstance(tree, Mapping):
+    return tree
+  table = {s: (k, sub) for s, k, sub in keys}
+  return {table[s][0]: _restore_keys(v, table[s][1]) for s, v in tree.items()}
+
+
+# ------------------------------------------------------------ the adapter
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  """A model at fixed widths. Hashable: a static argument of ``jax.jit``.
+
+  Attributes:
+    module: the Linen module, or the NNX ``GraphDef``.
+    input_shape: one example's shape.
+    shapes: ``((collection, path), shape, dtype)`` of every variable leaf.
+    topology: the unit groups at these widths.
+    handwritten: the topology comes from ``module.unit_topology`` (and the
+      module has ``with_widths``).
+    mode_arg: the Linen ``__call__`` argument that selects train mode.
+    nnx_keys: NNX only: the original keys of each collection.
+    rng_keys: NNX only: ``((collection, path), impl)`` of every RNG key,
+      which ``variables`` hold as their raw ``uint32`` key data (so that
+      host copies, checkpoints and surgery see plain arrays).
+    skipped: index spaces with non-linearities that are not unit groups,
+      ``((description, reasons), ...)``.
+  """
+  module: Any
+  input_shape: tuple
+  shapes: tuple
+  topology: topo.UnitTopology
+  handwritten: bool = False
+  mode_arg: Optional[str] = None
+  nnx_keys: Any = None
+  rng_keys: tuple = ()
+  skipped: tuple = dataclasses.field(default=(), compare=False)
+
+  # ---- construction
+
+  @classmethod
+  def create(cls, model: Any, input_shape: Sequence[int], seed: int = 0,
+             check_widths: bool = True, init: bool = True
+             ) -> tuple['Net', dict]:
+    """``(net, initial variables)`` for a Linen module (initialised with
+    ``seed``; with ``init=False`` only their ``jax.ShapeDtypeStruct``s) or
+    an NNX module (its own state; ``seed`` unused)."""
+    input_shape = tuple(int(s) for s in input_shape)
+    if _is_nnx(model):
+      from flax import nnx  # pylint: disable=g-import-not-at-top
+      if isinstance(model, nnx.GraphDef):
+        raise ModelError('pass the nnx.Module itself, not its GraphDef')
+      graphdef, *states = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+      variables, keys = {}, []
+      for name, state in zip(('params', 'batch_stats', 'nnx'), states):
+        pure, k = _str_keys(nnx.to_pure_dict(state))
+        if pure:
+          variables[name] = pure
+          keys.append((name, k))
+      variables, rng_keys = _key_data(variables)
+      net = cls(graphdef, input_shape, _shapes(variables),
+                topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
+                nnx_keys=tuple(keys), rng_keys=rng_keys)
+    elif isinstance(model, nn.Module):
+      mode = _mode_arg(model.__call__)
+      make = functools.partial(_init_linen, model, input_shape, mode)
+      variables = (jax.jit(make) if init else functools.partial(
+          jax.eval_shape, make))(jax.random.PRNGKey(seed))
+      handwritten = (callable(getattr(model, 'unit_topology', None)) and
+                     model.unit_topology(input_shape) is not None)
+      net = cls(model, input_shape, _shapes(variables),
+                topo.UnitTopology(()), handwritten, mode)
+    else:
+      raise ModelError(f'{type(model).__name__} is neither a flax.linen '
+                       'Module nor a flax.nnx Module')
+    net = net._with_topology()
+    if check_widths and not net.handwritten:
+      net = net._drop_fixed_widths()
+    return net, variables
+
+  def _with_topology(self) -> 'Net':
+    if self.handwritten:
+      topology = self.module.unit_topology(self.input_shape)
+      return dataclasses.replace(self, topology=topology)
+    d = derive_lib.derive(self._eval_fn, self.abstract_variables(),
+                          self._abstract_input(), units=self.topology)
+    skipped = tuple((k, tuple(v)) for k, v in d.skipped.items())
+    return dataclasses.replace(self, topology=d.topology, skipped=skipped)
+
+  def _drop_fixed_widths(self) -> 'Net':
+    """Leaves out the groups whose width the model code fixes: tracing it
+    with that group one unit narrower fails."""
+    def runs(groups) -> Optional[str]:
+      widths = {g.name: g.size - 1 for g in groups if g.size > 1}
+      if not widths:
+        return None
+      try:
+        smaller = self.at_widths(widths, rederive=False)
+        jax.eval_shape(smaller._eval_fn, smaller.abstract_variables(),
+                       smaller._abstract_input())
+      except Exception as e:  # pylint: disable=broad-except
+        return f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+      return None
+
+    groups = self.topology.groups
+    if runs(groups) is None:
+      return self
+    keep, skipped = [], list(self.skipped)
+    for g in groups:
+      err = runs([g])
+      if err is None:
+        keep.append(g)
+      else:
+        skipped.append((f'the units produced by {g.name}', (
+            f'the model does not run with them narrower ({err}); its code '
+            'fixes that width',)))
+    return dataclasses.replace(self, topology=topo.UnitTopology(tuple(keep)),
+                               skipped=tuple(skipped))
+
+  def init(self, seed: int) -> dict:
+    """Fresh variables (at the module's own widths) from ``seed``; a Linen
+    module only: an NNX module is initialised by its factory's
+    ``nnx.Rngs``."""
+    if self.is_nnx:
+      raise ModelError('an NNX model is initialised by its own nnx.Rngs '
+                       'when its factory builds it; it cannot be '
+                       're-initialised from a seed (rewind=\'reinit\')')
+    return jax.jit(lambda key: _init_linen(self.module, self.input_shape,
+                                           self.mode_arg, key))(
+                                               jax.random.PRNGKey(seed))
+
+  # ---- running
+
+  @property
+  def is_nnx(self) -> bool:
+    return self.nnx_keys is not None
+
+  @property
+  def mutable(self) -> list[str]:
+    """The collections a train step updates."""
+    names = {k for k, _, _ in self.shapes}
+    cols = sorted({c for (c, _) in names})
+    return [c for c in cols if c != 'params']
+
+  def apply(self, variables: Mapping[str, Any], x: jax.Array,
+            train: bool = False, mutable: Any = False,
+            rng: Optional[jax.Array] = None) -> Any:
+    """Logits of ``x`` (``[B, *input_shape]``), and with ``mutable`` the
+    updated collections (Linen's convention)."""
+    variables = {k: v for k, v in variables.items()
+                 if k not in ('activations', 'intermediates')}
+    if self.is_nnx:
+      return self._apply_nnx(variables, x, train, mutable)
+    kwargs = {}
+    if self.mode_arg:
+      kwargs[self.mode_arg] = train == _MODE_ARGS[self.mode_arg]
+    rngs = {'dropout': rng} if (train and rng is not None) else None
+    if self.handwritten:
+      return self.module.apply(variables, x, mutable=mutable, rngs=rngs,
+                               **kwargs)
+    with nn.intercept_methods(sizes_from_params):
+      return self.module.apply(variables, x, mutable=mutable, rngs=rngs,
+                               **kwargs)
+
+  def _apply_nnx(self, variables, x, train, mutable):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    module = self.module_at(variables)
+    if train:
+      module.train()
+    else:
+      module.eval()
+    kwargs = {self.mode_arg: train == _MODE_ARGS[self.mode_arg]} if (
+        self.mode_arg) else {}
+    y = module(x, **kwargs)
+    if mutable is False:
+      return y
+    _, *new = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+    out = {}
+    keys = dict(self.nnx_keys)
+    for name, state in zip(('params', 'batch_stats', 'nnx'), new):
+      if name in keys and name != 'params' and (mutable is True or
+                                                 name in mutable):
+        out[name] = _str_keys(nnx.to_pure_dict(state))[0]
+    return y, _key_data(out)[0]
+
+  def batch_statistics(self, variables: Mapping[str, Any], x: jax.Array
+                       ) -> dict:
+    """``batch_stats`` as one train-mode forward on ``x`` sets them with a
+    momentum of 0: every BatchNorm's mean and (biased) variance of its
+    input on this batch (earlier norms normalising with their own batch
+    statistics, as in training). ``{}`` without BatchNorm."""
+    if 'batch_stats' not in variables:
+      return {}
+    if not self.is_nnx:
+      with nn.intercept_methods(_momentum_zero):
+        _, new = self.apply(variables, x, train=True,
+                            mutable=['batch_stats'])
+      return _unfreeze(new['batch_stats'])
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    module = self.module_at(variables)
+    module.train()
+    for _, m in nnx.iter_graph(module):
+      if isinstance(m, nnx.BatchNorm):
+        m.momentum = 0.0
+    kwargs = {self.mode_arg: _MODE_ARGS[self.mode_arg]} if (
+        self.mode_arg) else {}
+    module(x, **kwargs)
+    _, stats, _ = nnx.split(module, nnx.BatchStat, ...)
+    return _str_keys(nnx.to_pure_dict(stats))[0]
+
+  def _eval_fn(self, variables, x):
+    return self.apply(variables, x, train=False)
+
+  def _abstract_input(self, batch: int = 2):
+    return jax.ShapeDtypeStruct((batch,) + self.input_shape, jnp.float32)
+
+  def abstract_variables(self, sharding: Any = None) -> dict:
+    """``jax.ShapeDtypeStruct``s of every variable at these widths."""
+    out: dict = {}
+    for (collection, path), shape, dtype in self.shapes:
+      node = out.setdefault(collection, {})
+      for p in path[:-1]:
+        node = node.setdefault(p, {})
+      node[path[-1]] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    return out
+
+  def activations(self, variables: Mapping[str, Any], x: jax.Array
+                  ) -> tuple[jax.Array, dict[str, list[jax.Array]]]:
+    """Eval-mode ``(logits, {group: [activation, ...]})``: every site of
+    every unit group, each ``[B, ..., n]`` with the units last."""
+    variables = {k: v for k, v in variables.items()
+                 if k not in ('activations', 'intermediates')}
+    if self.handwritten:
+      kwargs = {self.mode_arg: not _MODE_ARGS[self.mode_arg]} if (
+          self.mode_arg) else {}
+      logits, state = self.module.apply(variables, x, mutable=['activations'],
+                                        **kwargs)
+      import flax  # pylint: disable=g-import-not-at-top
+      flat = flax.traverse_util.flatten_dict(
+          dict(state).get('activations', {}), sep='/')
+      return logits, {k: [v[-1]] for k, v in flat.items()}
+    d = derive_lib.derive(self._eval_fn, variables, x, units=self.topology)
+    _, leaves = _flat(variables)
+    names = list(d.sites)
+    extra = [s.var for n in names for s in d.sites[n]]
+    (logits,), values = _evaluate(d.program, leaves, x, extra)
+    out: dict[str, list] = {}
+    it = iter(values)
+    for n in names:
+      for site in d.sites[n]:
+        v = next(it)
+        if site.positions is not None:  # unit u at positions[u, :]
+          v = jnp.take(v, jnp.asarray(site.positions.reshape(-1)), axis=-1)
+          v = v.reshape(v.shape[:-1] + site.positions.shape)  # [..., n, k]
+          v = jnp.moveaxis(v, -1, -2)  # [..., k, n]: the units last
+        out.setdefault(n, []).append(v)
+    return logits, out
+
+  # ---- widths
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return tuple(g.size for g in self.topology.groups)
+
+  def at_widths(self, widths: Mapping[str, int] | Sequence[int],
+                rederive: bool = True) -> 'Net':
+    """The same model with ``widths[g]`` units in group ``g`` (a mapping,
+    or one width per group in topology order; groups left out keep
+    theirs). Shapes only: slice the variables with
+    :func:`demp_jax.surgery.shrink`."""
+    if not isinstance(widths, Mapping):
+      widths = tuple(int(w) for w in widths)
+      if len(widths) != len(self.topology.groups):
+        raise ValueError(f'{len(widths)} widths for '
+                         f'{len(self.topology.groups)} unit groups '
+                         f'{list(self.topology.names)}')
+      widths = dict(zip(self.topology.names, widths))
+    unknown = sorted(set(widths) - set(self.topology.names))
+    if unknown:
+      raise ValueError(f'widths name unknown unit groups {unknown}; the '
+                       f'model has {list(self.topology.names)}')
+    if self.handwritten:
+      module = self.module.with_widths(
+          [int(widths.get(g.name, g.size)) for g in self.topology.groups])
+      shapes = _shapes(jax.eval_shape(
+          lambda: _init_linen(module, self.input_shape, self.mode_arg)))
+      net = dataclasses.replace(self, module=module, shapes=shapes)
+      return net._with_topology()
+    shapes = _resized_shapes(self.shapes, self.topology, widths)
+    net = dataclasses.replace(self, shapes=shapes)
+    if self.is_nnx:
+      net = dataclasses.replace(net, module=_nnx_graphdef_at(net))
+    return net._with_topology() if rederive else net
+
+  def module_at(self, variables: Mapping[str, Any]) -> Any:
+    """NNX: a live module holding ``variables``, its size attributes
+    matching its arrays. Linen: the module (use it with ``variables`` under
+    :func:`sizes_from_params`)."""
+    if not self.is_nnx:
+      return self.module
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    keys = dict(self.nnx_keys)
+    variables = _wrap_keys(variables, self.rng_keys)
+    states = [_restore_keys(variables[c], keys[c])
+              for c in ('params', 'batch_stats', 'nnx') if c in keys]
+    return nnx.merge(self.module, *states)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _key_data(variables: Mapping[str, Any]) -> tuple[dict, tuple]:
+  """Variables with every typed RNG key replaced by its ``uint32`` key
+  data, and ``((collection, path), impl)`` of those keys."""
+  found = []
+
+  def plain(path, leaf):
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype,
+                                                   jax.dtypes.prng_key):
+      keys = topo.key_path(path)
+      found.append(((keys[0], keys[1:]), str(jax.random.key_impl(leaf))))
+      return jax.random.key_data(leaf)
+    return leaf
+
+  out = jax.tree_util.tree_map_with_path(plain, dict(variables))
+  return out, tuple(found)
+
+
+def _wrap_keys(variables: Mapping[str, Any], rng_keys: tuple) -> dict:
+  """The inverse of :func:`_key_data`."""
+  out = dict(variables)
+  for key, impl in rng_keys:
+    leaf = topo.get_leaf(out, key)
+    if leaf is not None:
+      out = topo.set_leaf(out, key, jax.random.wrap_key_data(leaf, impl=impl))
+  return out
+
+
+def _unfreeze(tree):
+  if isinstance(tree, Mapping):
+    return {k: _unfreeze(v) for k, v in tree.items()}
+  return tree
+
+
+def _flat(variables) -> tuple[list, list]:
+  from demp_jax import program  # pylint: disable=g-import-not-at-top
+  return program.flatten_variables(variables)
+
+
+def _evaluate(program, leaves, x, extra):
+  from demp_jax import program as prog  # pylint: disable=g-import-not-at-top
+  return prog.evaluate(program, leaves, x, extra)
+
+
+def _shapes(variables: Mapping[str, Any]) -> tuple:
+  keys, leaves = _flat(variables)
+  return tuple((k, tuple(int(s) for s in np.shape(l)),
+                getattr(l, 'dtype', jnp.dtype(jnp.float32)))
+               for k, l in zip(keys, leaves))
+
+
+def _init_linen(module, input_shape, mode_arg, key=None):
+  """A Linen module's variables in eval mode, without sown collections."""
+  x = jnp.zeros((2,) + tuple(input_shape), jnp.float32)
+  kwargs = {mode_arg: not _MODE_ARGS[mode_arg]} if mode_arg else {}
+  key = jax.random.PRNGKey(0) if key is None else key
+  v = module.init(key, x, **kwargs)
+  return _unfreeze({k: val for k, val in dict(v).items()
+                    if k not in ('activations', 'intermediates')})
+
+
+def _resized_shapes(shapes: tuple, topology: topo.UnitTopology,
+                    widths: Mapping[str, int]) -> tuple:
+  """Leaf shapes after keeping the first ``widths[g]`` units of each
+  group (shapes only)."""
+  refs = topology.leaf_refs()
+  out = []
+  for key, shape, dtype in shapes:
+    shape = list(shape)
+    for group, ref, _ in refs.get(key, ()):
+      new = int(widths.get(group.name, group.size))
+      if not 0 <= new <= group.size:
+        raise ValueError(f'width {new} for unit group {group.name!r} of '
+                         f'{group.size} units')
+      axis = ref.axis % len(shape)
+      per_unit = 1 if ref.kind == 'index' else ref.tile * ref.inner
+      shape[axis] -= (group.size - new) * per_unit
+    out.append((key, tuple(shape), dtype))
+  return tuple(out)
+
+
+def _nnx_graphdef_at(net: Net) -> Any:
+  """The NNX graph definition with size attributes matching ``net.shapes``."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  module = nnx.eval_shape(lambda: net.module_at(net.abstract_variables()))
+  set_nnx_sizes(module)
+  return nnx.split(module)[0]
+
+
+def set_nnx_sizes(module: Any) -> Any:
+  """Sets ``in_features``/``out_features``/``num_features`` of NNX
+  ``Linear``, ``Conv``, ``ConvTranspose`` and norm layers from their
+  arrays; returns the module."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  for _, m in nnx.iter_graph(module):
+    kernel = getattr(m, 'kernel', None)
+    if isinstance(m, (nnx.Linear, nnx.Conv, nnx.ConvTranspose)) and (
+        kernel is not None):
+      shape = _value_shape(kernel)
+      object.__setattr__(m, 'in_features', int(shape[-2]))
+      object.__setattr__(m, 'out_features', int(shape[-1]))
+    elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm,
+                        nnx.GroupNorm)):
+      for name in ('scale', 'bias', 'mean', 'var'):
+        v = getattr(m, name, None)
+        if v is not None:
+          object.__setattr__(m, 'num_features', int(_value_shape(v)[-1]))
+          break
+  return module
+
+
+def _value_shape(variable: Any) -> tuple[int, ...]:
+  """The shape of an ``nnx.Variable``'s value (an array or an abstract
+  ``ShapeDtypeStruct``)."""
+  value = variable.get_value() if hasattr(variable, 'get_value') else variable
+  return tuple(value.shape)
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+  """``'package.module:factory'`` -> the zero-argument callable."""
+  if spec.count(':') != 1:
+    raise ModelError(f'config.model.name={spec!r}: a user model is '
+                     '"package.module:factory"')
+  mod_name, fn_name = spec.split(':')
+  try:
+    mod = importlib.import_module(mod_name)
+  except ImportError as e:
+    raise ModelError(f'config.model.name={spec!r}: cannot import '
+                     f'{mod_name!r} ({e}); it must be importable from the '
+                     'current directory or PYTHONPATH') from e
+  fn = getattr(mod, fn_name, None)
+  if not callable(fn):
+    raise ModelError(f'config.model.name={spec!r}: {mod_name} has no '
+                     f'callable {fn_name!r}')
+  return fn
+
+
+def make_model(spec: str) -> Any:
+  """Calls a user factory and checks that it returns a Flax model."""
+  factory = load_factory(spec)
+  try:
+    model = factory()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'config.model.name={spec!r}: the factory raised '
+                     f'{type(e).__name__}: {e}') from e
+  if not (isinstance(model, nn.Module) or _is_nnx(model)):
+    raise ModelError(f'config.model.name={spec!r} returned a '
+                     f'{type(model).__name__}, not a flax.linen Module or a '
+                     'flax.nnx Module')
+  return model
+
+
+__all__ = ['Net', 'ModelError', 'sizes_from_params', 'set_nnx_sizes',
+           'load_factory', 'make_model']

@@ -1,0 +1,158 @@
+"""User-style models (Linen and NNX, no demp_jax hooks) shrink exactly.
+
+For every family of :mod:`user_models` and a random dead set: on fresh
+inputs (not the probe) the shrunk network's logits equal the masked
+network's in eval mode and in train mode, and the gradients of the kept
+entries agree; in float64, so agreement is exact up to rounding.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from demp_jax import surgery, topology as topo
+from demp_jax.net import Net
+from conftest import randomize_batch_stats
+import user_models as um
+
+CASES = [(name, kind) for name, (lin, nnx_f, _) in sorted(um.FAMILIES.items())
+         for kind, f in (('linen', lin), ('nnx', nnx_f)) if f is not None]
+
+
+def _f64(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
+                      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                      else a, tree)
+
+
+def _loss(net, variables, params, x, y):
+  logits, _ = net.apply({**variables, 'params': params}, x, train=True,
+                        mutable=net.mutable)
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+@pytest.mark.parametrize('name, kind', CASES)
+def test_shrunk_equals_masked_in_eval_train_and_gradients(name, kind):
+  lin, nnx_factory, shape = um.FAMILIES[name]
+  with jax.enable_x64(True):
+    net, variables = Net.create(lin() if kind == 'linen' else nnx_factory(),
+                                shape)
+    want = um.EXPECTED_GROUPS.get(f'{name}_{kind}', um.EXPECTED_GROUPS[name])
+    assert len(net.topology.groups) == want, net.topology.names
+    variables = _f64(randomize_batch_stats(variables, seed=3))
+    rng = np.random.default_rng(hash(name) % 1000)
+    alive = {}
+    for g in net.topology.groups:
+      a = rng.random(g.size) < 0.6
+      a[rng.integers(g.size)] = True   # at least one unit stays
+      alive[g.name] = a
+    probe = jnp.asarray(rng.normal(size=(4,) + shape))
+    res = surgery.shrink(net, variables, alive, probe=probe)
+    masked = topo.silence_units(net.topology, variables, alive)
+    x = jnp.asarray(rng.normal(size=(6,) + shape))       # fresh inputs
+    y = jnp.asarray(rng.integers(0, 5, size=6))
+    small, big = res.model, net
+    np.testing.assert_allclose(small.apply(res.variables, x),
+                               big.apply(masked, x), atol=1e-10, rtol=1e-9)
+    s_logits, _ = small.apply(res.variables, x, train=True,
+                              mutable=small.mutable)
+    b_logits, _ = big.apply(masked, x, train=True, mutable=big.mutable)
+    np.testing.assert_allclose(s_logits, b_logits, atol=1e-9, rtol=1e-8)
+    g_small = jax.grad(lambda p: _loss(small, res.variables, p, x, y))(
+        res.variables['params'])
+    g_big = jax.grad(lambda p: _loss(big, masked, p, x, y))(masked['params'])
+    kept = surgery.shrink_variables(
+        net.topology, {**masked, 'params': g_big},
+        surgery.keep_indices(net.topology, alive))['params']
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_small)[0],
+                            jax.tree.leaves(kept)):
+      np.testing.assert_allclose(a, b, atol=1e-9, rtol=1e-7,
+                                 err_msg=jax.tree_util.keystr(path))
+
+
+def test_nnx_module_after_surgery_has_its_new_sizes():
+  net, variables = Net.create(um.NFlattenCNN(um.nnx.Rngs(0)), um.IMAGE)
+  keep = {g.name: np.arange(g.size) < g.size // 2 for g in
+          net.topology.groups}
+  res = surgery.shrink(net, variables, keep)
+  module = res.model.module_at(res.variables)
+  assert module.convs[0].out_features == 4
+  assert module.convs[1].in_features == 4 and module.bns[0].num_features == 4
+  assert module.fc.out_features == 8 and module.out.in_features == 8
+  module.eval()
+  x = jnp.ones((2,) + um.IMAGE)
+  np.testing.assert_allclose(module(x), res.model.apply(res.variables, x),
+                             rtol=1e-6)
+
+
+# ----------------------------------------------------------- the trainer
+
+
+def _tiny(**overrides):
+  from test_loop import tiny  # pylint: disable=g-import-not-at-top
+  return tiny(**overrides)
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize('factory, resume', [('make_net_linen', False),
+                                              ('make_net_nnx', True)])
+def test_trainer_shrinks_a_user_model_and_resumes_after_the_shrink(
+    tmp_path, monkeypatch, factory, resume):
+  """DemP on a user model by factory name; the NNX one (whose dropout RNG
+  stream the checkpoint carries) is also killed after its shrink and
+  resumed, ending bitwise where the straight run did."""
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  settings = {'model.name': f'user_models:{factory}',
+              'sparsity_config.epsilon': 1e12,   # every unit "dead"
+              'sparsity_config.min_width': 3, 'round_widths_to': 1,
+              'num_steps': 20, 'shrink_delay': 4, 'checkpoint_every': 2}
+  s = loop.train(_tiny(**settings), str(tmp_path / 'straight'))
+  assert s['params_final'] < s['params_initial']
+  assert set(s['widths_final'].values()) == {3}
+  shrinks = [e for e in s['pruning_events'] if 'swap_step' in e]
+  assert shrinks and all(e['max_masked_diff'] <= 1e-5 for e in shrinks)
+  assert s['flops_final'] < s['flops_initial']
+  if not resume:
+    return
+  # killed after the checkpoint that follows the swap at step 14
+  save = loop.ckpt_lib.Checkpointer.save
+
+  def save_then_die(self, step, state, meta):
+    save(self, step, state, meta)
+    if step == 16:
+      raise _Killed()
+
+  work = str(tmp_path / 'killed')
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save_then_die)
+  with pytest.raises(_Killed):
+    loop.train(_tiny(**settings), work)
+  monkeypatch.setattr(loop.ckpt_lib.Checkpointer, 'save', save)
+  r = loop.train(_tiny(**settings, resume=True), work)
+  assert r['resumed_from'] == 16 and r['widths_final'] == s['widths_final']
+  restore = lambda w: ocp.StandardCheckpointer().restore(
+      f'{w}/checkpoints/20/state')['variables']
+  for x, y in zip(jax.tree.leaves(restore(str(tmp_path / 'straight'))),
+                  jax.tree.leaves(restore(work))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_structured_baseline_prunes_a_user_model(tmp_path):
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  s = loop.train(_tiny(**{'model.name': 'user_models:make_net_linen',
+                          'sparsity_config.algorithm': 'snap',
+                          'num_steps': 6, 'shrink_delay': 0}),
+                 str(tmp_path))
+  # SNAP removes half of the units at step 0 (the default sparsity 0.5)
+  assert s['units_final'] <= s['units_initial'] // 2 + 8
+  assert s['params_final'] < s['params_initial']
