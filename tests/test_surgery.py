@@ -36,9 +36,12 @@ def _step(net, v, tx, opt_state, x):
   def loss(p):
     out, _ = net.apply({**v, 'params': p}, x, train=True, mutable=net.mutable)
     return jnp.mean(out ** 2)
-  g = jax.grad(loss)(v['params'])
-  u, opt_state = tx.update(g, opt_state, v['params'])
-  return {**v, 'params': optax.apply_updates(v['params'], u)}, opt_state
+  @jax.jit
+  def step(params, opt_state):
+    u, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    return optax.apply_updates(params, u), opt_state
+  params, opt_state = step(v['params'], opt_state)
+  return {**v, 'params': params}, opt_state
 
 
 @pytest.mark.parametrize('opt', sorted(OPTIMIZERS))

@@ -26,10 +26,18 @@ def _f64(tree):
                       else a, tree)
 
 
-def _loss(net, variables, params, x, y):
-  logits, _ = net.apply({**variables, 'params': params}, x, train=True,
-                        mutable=net.mutable)
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+def _outputs(net, variables, x, y):
+  """Eval logits, train logits and the loss gradients, one compile."""
+  def loss(params):
+    logits, _ = net.apply({**variables, 'params': params}, x, train=True,
+                          mutable=net.mutable)
+    return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, y)), logits)
+
+  def run(params):
+    (_, train_logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return net.apply({**variables, 'params': params}, x), train_logits, grads
+  return jax.jit(run)(variables['params'])
 
 
 @pytest.mark.parametrize('name, kind', CASES)
@@ -52,16 +60,10 @@ def test_shrunk_equals_masked_in_eval_train_and_gradients(name, kind):
     masked = topo.silence_units(net.topology, variables, alive)
     x = jnp.asarray(rng.normal(size=(6,) + shape))       # fresh inputs
     y = jnp.asarray(rng.integers(0, 5, size=6))
-    small, big = res.model, net
-    np.testing.assert_allclose(small.apply(res.variables, x),
-                               big.apply(masked, x), atol=1e-10, rtol=1e-9)
-    s_logits, _ = small.apply(res.variables, x, train=True,
-                              mutable=small.mutable)
-    b_logits, _ = big.apply(masked, x, train=True, mutable=big.mutable)
+    s_eval, s_logits, g_small = _outputs(res.model, res.variables, x, y)
+    b_eval, b_logits, g_big = _outputs(net, masked, x, y)
+    np.testing.assert_allclose(s_eval, b_eval, atol=1e-10, rtol=1e-9)
     np.testing.assert_allclose(s_logits, b_logits, atol=1e-9, rtol=1e-8)
-    g_small = jax.grad(lambda p: _loss(small, res.variables, p, x, y))(
-        res.variables['params'])
-    g_big = jax.grad(lambda p: _loss(big, masked, p, x, y))(masked['params'])
     kept = surgery.shrink_variables(
         net.topology, {**masked, 'params': g_big},
         surgery.keep_indices(net.topology, alive))['params']
