@@ -58,10 +58,10 @@ HARD = {
     'vit': ('none', 'layer_but_one'),
 }
 
-# Examples per architecture: 250 in all (about a minute on an idle 2-core
+# Examples per architecture: 240 in all (about a minute on an idle 2-core
 # CPU; the first examples of each architecture pay its compilations).
-EXAMPLES = {'mlp': 110, 'vgg': 60, 'vgg16': 25, 'resnet18': 20,
-            'resnet50': 10, 'vit': 25}
+EXAMPLES = {'mlp': 125, 'vgg': 67, 'vgg16': 15, 'resnet18': 12,
+            'resnet50': 6, 'vit': 15}
 
 
 class Case(NamedTuple):
