@@ -8,16 +8,17 @@ from demp_jax.training import loop
 
 def test_aggressive_demp_shrinks_every_stage_with_few_recompiles(tmp_path):
   c = cifar10_resnet18_demp.get_config('tiny')
-  c.num_steps = 120
-  c.batch_size = 64
+  c.num_steps = 30
+  c.batch_size = 32
   c.model.base_width = 4
   c.dataset.train_size = 2048
-  c.optimizer.learning_rate = 0.02
-  c.optimizer.decay_steps = (100,)
+  c.optimizer.learning_rate = 0.05
+  c.optimizer.decay_steps = (40,)
   c.round_widths_to = 4
   s = c.sparsity_config
-  s.reg_peak = 0.5
-  s.reg_span = 100
+  # one death check, at the last step: the fewest compiles that still shrink
+  s.reg_peak = 2.0
+  s.reg_span = 40
   s.prune_every = 30
   s.death_batches = 2
   s.death_batch_size = 256

@@ -1,0 +1,47 @@
+"""Net's construction: the variables it initialises are exactly what a plain
+``jax.jit(model.init)`` makes, although it compiles the initialiser cheaply
+on CPU (``net.run_once``)."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from demp_jax import models
+from demp_jax import net as netlib
+from tests import user_models
+
+
+def _plain_init(model, input_shape, seed):
+  mode = netlib._mode_arg(model.__call__)  # pylint: disable=protected-access
+  return jax.jit(lambda key: netlib._init_linen(  # pylint: disable=protected-access
+      model, input_shape, mode, key))(jax.random.PRNGKey(seed))
+
+
+CASES = {
+    'demo_cnn': (models.VGG(conv_widths=(8, 16), pool_after=(0, 1),
+                            dense_widths=(32,), num_classes=10), (28, 28, 1)),
+    'resnet18': (models.ResNet18(base_width=4, num_classes=10), (32, 32, 3)),
+    'vit': (models.ViT(patch_size=8, hidden_size=16, depth=1, num_heads=2,
+                       mlp_dim=16, num_classes=10), (16, 16, 3)),
+    'user_cnn': (user_models.FlattenCNN(), (16, 16, 3)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_create_and_init_make_the_bits_a_plain_jitted_init_makes(name):
+  model, shape = CASES[name]
+  net, variables = netlib.Net.create(model, shape, seed=3)
+  ref = _plain_init(model, shape, 3)
+  assert jax.tree.structure(variables) == jax.tree.structure(ref)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  again = net.init(3)
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_once_is_jit():
+  f = lambda x: nn.gelu(x) * 3.0 + x.sum()
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 5))
+  np.testing.assert_array_equal(np.asarray(netlib.run_once(f, x)),
+                                np.asarray(jax.jit(f)(x)))
