@@ -25,20 +25,9 @@ Config strings (comma-separated): ``adam`` (default) or ``sgd``; ``tiny``
 runs the same pipeline on synthetic 32x32x3 data with a narrow VGG-16 in a
 few seconds (tests).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from demp_jax.training import config_blocks as blocks
 
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
@@ -47,14 +36,13 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   if unknown or {'adam', 'sgd'} <= options:
     raise ValueError(f'unknown or conflicting config string {config_string!r}'
                      '; use a comma-separated subset of adam|sgd, tiny')
-  common = load_common()
-  c = common.base(num_steps=15_626, batch_size=256, checkpoint_every=2_000,
+  c = blocks.base(num_steps=15_626, batch_size=256, checkpoint_every=2_000,
                   log_every=100)
   # steps trained with the removed units held at zero while the shrunk step
   # compiles on a host thread (the accelerator keeps training meanwhile)
   c.shrink_delay = 200
   # On a multi-host TPU pod set --config.distributed.auto=True.
-  c.dataset = common.dataset(
+  c.dataset = blocks.dataset(
       'cifar10',  # source 'archive' (official tar.gz), 'tfds' or 'auto'
       normalize=True,  # the reference's CIFAR-10 mean/std
       augment='crop_flip')  # zero padding

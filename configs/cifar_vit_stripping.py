@@ -19,28 +19,17 @@ Far beyond a CPU (200 epochs of a 12M-parameter ViT). Config string
 ``tiny``: a 1-block ViT for a few steps on synthetic CIFAR-shaped data
 (``dataset.name='synthetic'``), for tests.
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from demp_jax.training import config_blocks as blocks
 
 TRAIN_EXAMPLES = 50_000
 
 
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  common = load_common()
-  c = common.base(seed=1, epochs=200, batch_size=128, round_widths_to=1)
-  c.dataset = common.dataset('cifar10', holdout=5_000, augment='crop_flip')
+  c = blocks.base(seed=1, epochs=200, batch_size=128, round_widths_to=1)
+  c.dataset = blocks.dataset('cifar10', holdout=5_000, augment='crop_flip')
 
   c.steps_per_epoch = ((TRAIN_EXAMPLES - c.dataset.get_ref('holdout')) //
                        c.get_ref('batch_size'))

@@ -19,28 +19,17 @@ optimiser state starts afresh::
 Config strings: ``structured`` (base ``structured_magnitude``), ``tiny``
 (a few steps on a subset, for tests), combinable as ``tiny,structured``.
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from demp_jax.training import config_blocks as blocks
 
 TRAIN_EXAMPLES = 60_000
 
 
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  common = load_common()
-  c = common.base(batch_size=128)  # the rounds' settings are in c.cycles
-  c.dataset = common.dataset('fashion_mnist')
+  c = blocks.base(batch_size=128)  # the rounds' settings are in c.cycles
+  c.dataset = blocks.dataset('fashion_mnist')
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'

@@ -9,26 +9,14 @@
 Config string ``tiny`` shrinks everything for tests:
 ``--config configs/fashion_mnist_demp.py:tiny``.
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from demp_jax.training import config_blocks as blocks
 
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  common = load_common()
-  c = common.base(num_steps=1_400, batch_size=128)
-  c.dataset = common.dataset('fashion_mnist')  # the Debian package or tfds
+  c = blocks.base(num_steps=1_400, batch_size=128)
+  c.dataset = blocks.dataset('fashion_mnist')  # the Debian package or tfds
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vgg'

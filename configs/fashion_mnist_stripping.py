@@ -18,29 +18,18 @@ layer before stripping (``dead_found``) and the weights still in use
 (``active_params``). Config string ``tiny``: a few steps on a subset, for
 tests (``configs/fashion_mnist_stripping.py:tiny``).
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from demp_jax.training import config_blocks as blocks
 
 TRAIN_EXAMPLES = 60_000
 
 
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
-  common = load_common()
-  c = common.base(epochs=5, batch_size=128, round_widths_to=1)
+  c = blocks.base(epochs=5, batch_size=128, round_widths_to=1)
   # the last 5,000 training examples probe the dead test, out of training
-  c.dataset = common.dataset('fashion_mnist', holdout=5_000)
+  c.dataset = blocks.dataset('fashion_mnist', holdout=5_000)
 
   # One epoch of the remaining training examples; follows batch_size and
   # holdout when they are overridden.

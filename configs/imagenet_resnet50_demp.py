@@ -28,22 +28,12 @@ synthetic 224x224x3 images (1,000 classes) with a narrow one-block-per-stage
 ResNet-50 in a few seconds of training (tests; the synthetic images stand
 in for the host-side crops, so only an on-device flip is added).
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from demp_jax.training import config_blocks as blocks
 
 STEPS_PER_EPOCH = 1_281_167 / 256
 
-
-def load_common():
-  """``configs/common.py``, read from this file's directory (the repository
-  root need not be on ``sys.path``)."""
-  spec = importlib.util.spec_from_file_location(
-      'configs_common', os.path.join(os.path.dirname(__file__), 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(config_string: str = '') -> ml_collections.ConfigDict:
@@ -52,14 +42,13 @@ def get_config(config_string: str = '') -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f'unknown config string {config_string!r}; use a '
                      'comma-separated subset of inception, tiny')
-  common = load_common()
-  c = common.base(num_steps=500_456, batch_size=256, eval_batch_size=1_024,
+  c = blocks.base(num_steps=500_456, batch_size=256, eval_batch_size=1_024,
                   label_smoothing=0.1, checkpoint_every=5_000, log_every=100)
   # steps trained with the removed units held at zero while the shrunk step
   # compiles on a host thread (the accelerator keeps training meanwhile)
   c.shrink_delay = 500
   # On a multi-host TPU pod set --config.distributed.auto=True.
-  c.dataset = common.dataset(
+  c.dataset = blocks.dataset(
       'imagenet2012', source='tfds',
       normalize=True,  # ImageNet mean/std
       image_size=224, resize_sizes=(256, 480), eval_resize=256,

@@ -162,12 +162,12 @@ def test_tiny_runs_end_to_end(name, tmp_path):
 
 
 def test_configs_load_by_path_without_the_repo_root_on_sys_path(tmp_path):
-  """Each config reads configs/common.py from its own directory, from any
-  working directory (as ``--config /path/to/configs/x.py`` loads it)."""
+  """Each config loads by path from any working directory (as ``--config
+  /path/to/configs/x.py`` loads it), the repository root off ``sys.path``."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
-                 if f.endswith('.py') and f != 'common.py')
+                 if f.endswith('.py'))
   code = (
       'import importlib.util, sys\n'
       'assert not any(p and __import__("os").path.samefile(p, sys.argv[1])\n'
@@ -191,7 +191,7 @@ def test_configs_load_by_path_without_the_repo_root_on_sys_path(tmp_path):
 @pytest.mark.parametrize('name', PAPER + ('fashion_mnist_demp',
                                           'fashion_mnist_stripping',
                                           'cifar_vit_stripping'))
-def test_every_trainer_setting_comes_from_common(name):
+def test_every_trainer_setting_comes_from_config_blocks(name):
   from demp_jax.training import options  # pylint: disable=g-import-not-at-top
   c = load_config(name)
   opts = options.TrainOptions.from_config(c)

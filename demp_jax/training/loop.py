@@ -7,7 +7,7 @@ that survive shrinking (``--config.resume=True`` continues from the latest
 one). The pruning events and the shrinks are the
 :class:`~demp_jax.training.shrink.ShrinkController`'s; the settings are
 :class:`~demp_jax.training.options.TrainOptions` (see
-``configs/common.py``).
+``demp_jax/training/config_blocks.py``).
 """
 from __future__ import annotations
 

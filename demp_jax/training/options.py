@@ -1,6 +1,6 @@
 """The trainer's settings, read once from the config into a typed record.
 
-Their defaults live in one place, ``configs/common.py`` (``common.base()``):
+Their defaults live in one place, :func:`demp_jax.training.config_blocks.base`:
 the trainer has none of its own, so a config without a setting is an error
 that names it.
 """
@@ -16,8 +16,8 @@ def require(config: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
   if missing:
     more = f' (and {", ".join(missing[1:])})' if missing[1:] else ''
     raise ValueError(f'config.{missing[0]} is missing{more}: build the config '
-                     'on configs/common.py, whose base() sets every trainer '
-                     'setting')
+                     'on demp_jax.training.config_blocks.base(), which sets '
+                     'every trainer setting')
   return {k: config[k] for k in keys}
 
 

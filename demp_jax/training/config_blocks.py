@@ -1,15 +1,15 @@
 """What every config shares, as big_vision's ``configs/common.py``: the
 trainer's settings with their defaults (the only place they live; see
-``demp_jax.training.options.TrainOptions``), the multi-process block and
-the dataset block.
+:class:`demp_jax.training.options.TrainOptions`), the multi-process block
+and the dataset block.
 
-A config file loads this file from its own directory, so it works whether
-or not the repository root is on ``sys.path`` (``--config
-/any/path/configs/x.py``)::
+It lives in the package, so a config file loaded by path from anywhere
+(``--config /any/path/configs/x.py``) imports it like any module::
 
-    common = load_common()  # each config's four-line helper
-    c = common.base(num_steps=1_400, batch_size=128)
-    c.dataset = common.dataset('fashion_mnist')
+    from demp_jax.training import config_blocks as blocks
+
+    c = blocks.base(num_steps=1_400, batch_size=128)
+    c.dataset = blocks.dataset('fashion_mnist')
 """
 import ml_collections
 
