@@ -20,7 +20,6 @@ def _plain_init(model, input_shape, seed):
 CASES = {
     'demo_cnn': (models.VGG(conv_widths=(8, 16), pool_after=(0, 1),
                             dense_widths=(32,), num_classes=10), (28, 28, 1)),
-    'resnet18': (models.ResNet18(base_width=4, num_classes=10), (32, 32, 3)),
     'vit': (models.ViT(patch_size=8, hidden_size=16, depth=1, num_heads=2,
                        mlp_dim=16, num_classes=10), (16, 16, 3)),
     'user_cnn': (user_models.FlattenCNN(), (16, 16, 3)),
