@@ -1,18 +1,7 @@
 """Shared fixtures: tiny models as ``(Net, variables)``, on one CPU device;
-the config files; one XLA compilation cache for the whole session.
-
-The suite compiles the same programs many times over (the tiny configs'
-train steps in every trainer test, and in the subprocesses of the CLI and
-multi-device tests). JAX's persistent compilation cache, in a directory
-made for the session and removed after it, compiles each once: every
-compilation is cached (``min_compile_time_secs=0``), and the subprocesses
-find the directory in the environment. A ``JAX_COMPILATION_CACHE_DIR``
-already set is used as it is.
-"""
+the config files."""
 import importlib.util
 import os
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -23,26 +12,6 @@ from demp_jax import models
 from demp_jax.net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-              'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-
-
-def pytest_configure(config):
-  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    return
-  config.xla_cache_dir = tempfile.mkdtemp(prefix='demp_jax_xla_cache_')
-  os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=config.xla_cache_dir)
-  jax.config.update('jax_compilation_cache_dir', config.xla_cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
-def pytest_unconfigure(config):
-  cache = getattr(config, 'xla_cache_dir', None)
-  if cache:
-    shutil.rmtree(cache, ignore_errors=True)
-
-
 def load_config(name, arg=''):
   """``configs/<name>.py``'s ``get_config(arg)``, loaded by path."""
   spec = importlib.util.spec_from_file_location(
