@@ -51,14 +51,27 @@ def _losses(workdir):
   return np.array([r['loss'] for r in rows])
 
 
-def test_eight_devices_decide_like_one(tmp_path):
-  one = _run(tmp_path / 'one', devices=1)
+# Checkpoints every 2 steps change no number; the kill-and-resume test needs
+# them.
+CHECKPOINTS = ['--config.checkpoint_every=2']
+
+
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory):
+  """``(workdir, summary)`` of the run on one device: the reference of every
+  test here."""
+  workdir = tmp_path_factory.mktemp('parallel') / 'one'
+  return workdir, _run(workdir, *CHECKPOINTS, devices=1)
+
+
+def test_eight_devices_decide_like_one(tmp_path, one_device):
+  one_dir, one = one_device
   eight = _run(tmp_path / 'eight', devices=8)
   assert eight['device'].startswith('8 x')
   assert one['kept_history'] and one['kept_history'] == eight['kept_history']
   assert one['widths_final'] == eight['widths_final']
-  np.testing.assert_allclose(_losses(tmp_path / 'eight'),
-                             _losses(tmp_path / 'one'), rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(_losses(tmp_path / 'eight'), _losses(one_dir),
+                             rtol=2e-3, atol=2e-4)
 
 
 def _free_port():
@@ -67,7 +80,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_prune_and_checkpoint_together(tmp_path):
+def test_two_processes_train_prune_and_checkpoint_together(tmp_path,
+                                                           one_device):
   port = _free_port()
   procs = [_run(tmp_path / 'multi', '--config.distributed.num_processes=2',
                 f'--config.distributed.process_id={i}',
@@ -78,12 +92,11 @@ def test_two_processes_train_prune_and_checkpoint_together(tmp_path):
     assert p.returncode == 0, out[-3000:]
   multi = json.load(open(tmp_path / 'multi' / 'summary.json'))
   assert multi['device'] == '4 x cpu in 2 process(es)'
-  single = _run(tmp_path / 'single', devices=4)
-  assert multi['kept_history'] == single['kept_history']
-  assert multi['widths_final'] == single['widths_final']
-  np.testing.assert_allclose(_losses(tmp_path / 'multi'),
-                             _losses(tmp_path / 'single'), rtol=2e-3,
-                             atol=2e-4)
+  one_dir, one = one_device
+  assert multi['kept_history'] == one['kept_history']
+  assert multi['widths_final'] == one['widths_final']
+  np.testing.assert_allclose(_losses(tmp_path / 'multi'), _losses(one_dir),
+                             rtol=2e-3, atol=2e-4)
   assert os.path.isdir(tmp_path / 'multi' / 'checkpoints' / '30')
 
 
@@ -94,9 +107,9 @@ def _final_params(workdir):
   return state['variables']['params']
 
 
-def test_sigkill_after_a_shrink_then_resume_matches_uninterrupted(tmp_path):
-  args = ['--config.checkpoint_every=2']
-  _run(tmp_path / 'straight', *args)
+def test_sigkill_after_a_shrink_then_resume_matches_uninterrupted(
+    tmp_path, one_device):
+  args = CHECKPOINTS
   work = tmp_path / 'killed'
   p = _run(work, *args, wait=False)
   kill_after = random.Random(os.getpid()).randint(14, 26)
@@ -118,7 +131,7 @@ def test_sigkill_after_a_shrink_then_resume_matches_uninterrupted(tmp_path):
                                             'state'))
   resumed = _run(work, *args, '--config.resume=True')
   assert resumed['resumed_from'] in steps
-  a, b = _final_params(tmp_path / 'straight'), _final_params(work)
+  a, b = _final_params(one_device[0]), _final_params(work)
   for x, y in zip(jax_leaves(a), jax_leaves(b)):
     np.testing.assert_array_equal(x, y)
 
