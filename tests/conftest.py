@@ -12,6 +12,8 @@ from demp_jax import models
 from demp_jax.net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def load_config(name, arg=''):
   """``configs/<name>.py``'s ``get_config(arg)``, loaded by path."""
   spec = importlib.util.spec_from_file_location(
