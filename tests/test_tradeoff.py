@@ -116,11 +116,6 @@ def test_command_line_is_config_flags_plus_the_harness_flags(tmp_path):
           c.seed) == ('early_crop', 0.7, 2, 3, 2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the demo config gained keys (bn_recalibration_batches, ...) since the '
-    'reference sweep in results/tradeoff_fmnist_cnn ran (its rows carry '
-    'config_hash c7d4d7c83c78; the demo hashes to another value now): rerun '
-    'the sweep or pin the keys it ran'))
 def test_the_demo_config_is_the_reference_sweeps():
   """The demo config, as the README's reference sweep ran it (the hash its
   committed rows carry)."""
