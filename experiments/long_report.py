@@ -16,7 +16,8 @@ records as ``collapse.json`` and ``report.md``:
   (and standard deviations) interpolated linearly between the method's own
   points, never extrapolated;
 * the ablations: DemP with one setting changed against the base rows at the
-  same ``reg_peak`` and seeds;
+  same ``reg_peak`` and seeds, and against the base DemP curve at the
+  variant's own neuron sparsity;
 * the collapse: test accuracy with the moving averages and with
   recalibrated BatchNorm statistics on the same run.
 """
@@ -136,15 +137,30 @@ def matched_table(groups: dict, matched: Sequence[float] = MATCHED
   return lines
 
 
+def _base_curve(base_rows: list[dict]) -> tuple[list[float], list[float]]:
+  """The base DemP rows' per-``reg_peak`` means as (neuron sparsity,
+  accuracy) points sorted by sparsity."""
+  pts = sorted((g['units'][0], g['acc'][0]) for (method, _), g in
+               group(base_rows).items() if method == 'demp' and 'acc' in g)
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def ablation_table(base_rows: list[dict], parts: dict[str, list[dict]]
                    ) -> list[str]:
   """Each ablation part against the base DemP rows at the same reg_peak
-  and seeds (accuracy and sparsity deltas over the shared seeds)."""
+  and seeds (accuracy and sparsity deltas over the shared seeds), and
+  against the base DemP curve at the variant's own mean neuron sparsity
+  (interpolated between the base's per-``reg_peak`` means, never
+  extrapolated): a variant that kills more or fewer units at the same
+  ``reg_peak`` is compared where it landed, not only where it started."""
   base = {(r['knob'], r['seed']): r for r in base_rows
           if r['method'] == 'demp' and r.get('status') == 'ok'}
+  curve_x, curve_y = _base_curve(base_rows)
   lines = ['| variant | reg_peak | n | test accuracy | neuron sparsity | '
            'base accuracy (same seeds) | base neuron sparsity | '
-           'Δ accuracy |', '|---|---|---|---|---|---|---|---|']
+           'Δ accuracy | base curve at the same neuron sparsity | '
+           'Δ at matched sparsity |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   knobs = sorted({r['knob'] for rows in parts.values() for r in rows
                   if r.get('status') == 'ok'})
   for knob in knobs:
@@ -154,7 +170,8 @@ def ablation_table(base_rows: list[dict], parts: dict[str, list[dict]]
           [r['neuron_sparsity'] for r in b])
       lines.append(f'| base (L1, AdamW, noise 5e-5, 2,048-example check, '
                    f'folding on, moving averages) | {knob:g} | {acc[2]} | '
-                   f'{_pm(*acc[:2])} | {_pm(*units[:2], digits=3)} | | | |')
+                   f'{_pm(*acc[:2])} | {_pm(*units[:2], digits=3)} | | | '
+                   f'| | |')
   for part, rows in sorted(parts.items()):
     for knob in sorted({r['knob'] for r in rows}):
       ok = [r for r in rows if r['knob'] == knob and r.get('status') == 'ok']
@@ -173,9 +190,12 @@ def ablation_table(base_rows: list[dict], parts: dict[str, list[dict]]
                       f'{_pm(*delta[:2])}')
       else:
         base_cells = '- | - | -'
+      on_curve = value_at(curve_x, curve_y, units[0])
+      curve_cells = ('- | -' if on_curve is None else
+                     f'{on_curve:.4f} | {acc[0] - on_curve:+.4f}')
       lines.append(f'| {ABLATIONS.get(part, part)} | {knob:g} | {acc[2]} | '
                    f'{_pm(*acc[:2])} | {_pm(*units[:2], digits=3)} | '
-                   f'{base_cells} |')
+                   f'{base_cells} | {curve_cells} |')
   return lines
 
 

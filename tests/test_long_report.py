@@ -56,9 +56,10 @@ def test_ablations_compare_with_the_base_at_the_same_seeds(tmp_path):
                                   str(tmp_path / 'out'))
   text = open(path).read()
   line = next(l for l in text.splitlines() if l.startswith('| L2'))
-  # deltas +0.05 and +0.01 over seeds 0 and 1
+  # deltas +0.05 and +0.01 over seeds 0 and 1; the variant's mean sparsity
+  # (0.6) is the base curve's 0.01 point (0.91): +0.03 there as well
   assert line.endswith('| 0.9100 ± 0.0141 | 0.600 ± 0.000 | '
-                       '0.0300 ± 0.0283 |')
+                       '0.0300 ± 0.0283 | 0.9100 | +0.0300 |')
   assert os.path.exists(tmp_path / 'out' / 'abl_l2.jsonl')
   assert os.path.exists(tmp_path / 'out' / 'main.jsonl')
 
@@ -68,3 +69,16 @@ def test_a_missing_sweep_directory_is_named(tmp_path, capsys):
     long_report.main(['--sweep', str(tmp_path / 'nope'), '--out',
                       str(tmp_path / 'out')])
   assert 'nope' in capsys.readouterr().err
+
+
+def test_ablations_meet_the_base_curve_where_they_landed():
+  """A variant that kills more units is compared with the base curve at
+  its own sparsity (interpolated), and not at all outside the curve."""
+  parts = {'abl_sgd': [_row('demp', 0.01, 0, 0.90, 0.8)],
+           'abl_l2': [_row('demp', 0.01, 0, 0.93, 0.1)]}
+  lines = long_report.ablation_table(MAIN, parts)
+  sgd = next(l for l in lines if l.startswith('| SGD'))
+  l2 = next(l for l in lines if l.startswith('| L2'))
+  # base curve: (0.6, 0.91) and (1.0, 0.87); at 0.8 it is 0.89
+  assert sgd.endswith('| 0.8900 | +0.0100 |')
+  assert l2.endswith('| - | - |')  # 0.1 is below the curve's first point
