@@ -84,6 +84,13 @@ for seed in 0 1; do
     --methods demp --grid "demp=$LAMBDA" --seeds $seed
 done
 
+# 3b. L2 where it prunes: at L1's peak (LAMBDA) it removed 0.077 of the
+#     units (seed 0) against L1's 0.775, so two larger peaks place it on the
+#     base curve (the report compares each with the L1 curve at its own
+#     neuron sparsity).
+sweep abl_l2 --set sparsity_config.regularizer=l2 \
+  --methods demp --grid "demp=0.1,1.0" --seeds 0
+
 # 4. The baselines and the dense run: 2 seeds.
 # shellcheck disable=SC2046
 sweep main --methods "no_prune,$BASELINES" $(grids "$UNITS") --seeds 0,1
