@@ -17,8 +17,7 @@
 #              averages and with recalibrated BatchNorm statistics
 #   main/      every method on configs/fashion_mnist_demp_long.py
 #   abl_*/     DemP at LAMBDA with one setting changed (each its own config,
-#              so its own tradeoff OUT); the base rows are main/'s;
-#              abl_recal/ also holds DemP's whole grid with recalibration
+#              so its own tradeoff OUT); the base rows are main/'s
 #   bench_train/  time to accuracy, DemP at LAMBDA against dense (its wall
 #              times mean something only on a quiet machine)
 set -euo pipefail
@@ -32,7 +31,8 @@ CONFIG=configs/fashion_mnist_demp_long.py
 CALIBRATION=0.003,0.01,0.03
 LAMBDA=0.01
 DEMP_GRID=0.003,0.006,0.01,0.03,0.06,0.1
-UNITS=0.6,0.7,0.8,0.9  # the baselines' target neuron sparsities
+UNITS=0.8,0.7,0.9,0.6  # the baselines' target neuron sparsities, the
+                       # ones nearest DemP's first
 BASELINES=network_slimming,snap,structured_magnitude
 
 sweep() {  # PART [experiments.tradeoff options]
@@ -84,29 +84,26 @@ for seed in 0 1; do
     --methods demp --grid "demp=$LAMBDA" --seeds $seed
 done
 
-# 3b. L2 where it prunes: at L1's peak (LAMBDA) it removed 0.077 of the
-#     units (seed 0) against L1's 0.775, so two larger peaks place it on the
-#     base curve (the report compares each with the L1 curve at its own
-#     neuron sparsity).
-sweep abl_l2 --set sparsity_config.regularizer=l2 \
-  --methods demp --grid "demp=0.1,1.0" --seeds 0
+# 4. Every method's points, one seed at a time, so that an interrupted
+#    queue leaves whole tables: the dense run, the baselines at UNITS and
+#    DemP's grid, seed 0, then seed 1 (2 seeds at every point).
+for seed in 0 1; do
+  # shellcheck disable=SC2046
+  sweep main --methods "no_prune,$BASELINES" $(grids "$UNITS") --seeds $seed
+  sweep main --methods demp --grid "demp=$DEMP_GRID" --seeds $seed
+done
 
-# 4. The baselines and the dense run: 2 seeds.
-# shellcheck disable=SC2046
-sweep main --methods "no_prune,$BASELINES" $(grids "$UNITS") --seeds 0,1
-
-# 5. DemP's points: 2 seeds, as the reference (moving averages), then with
-#    recalibrated BatchNorm statistics.
-sweep main --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
-sweep abl_recal --set bn_recalibration_batches=16 \
-  --methods demp --grid "demp=$DEMP_GRID" --seeds 0,1
-
-# 6. The third seed near 0.8, every method.
+# 5. The third seed near 0.8, every method.
 # shellcheck disable=SC2046
 sweep main --methods "no_prune,$BASELINES" $(grids 0.8) --seeds 2
 sweep main --methods demp --grid "demp=$LAMBDA" --seeds 2
-sweep abl_recal --set bn_recalibration_batches=16 \
-  --methods demp --grid "demp=$LAMBDA" --seeds 2
+
+# 6. L2 where it prunes: at L1's peak (LAMBDA) it removed 0.077 of the
+#    units (seed 0) against L1's 0.775, so two larger peaks place it on the
+#    base curve (the report compares each with the L1 curve at its own
+#    neuron sparsity).
+sweep abl_l2 --set sparsity_config.regularizer=l2 \
+  --methods demp --grid "demp=0.1,1.0" --seeds 0
 
 # 7. Time to accuracy (wall times: only on a quiet machine).
 if [ ! -f "$OUT/bench_train/bench_train.json" ]; then
