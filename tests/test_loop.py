@@ -60,6 +60,22 @@ def test_demp_prunes_shrinks_and_writes_the_summary(tmp_path):
 
 
 @needs_fmnist
+def test_pruning_events_and_evaluations_read_one_training_clock(tmp_path):
+  # Evaluations are excluded from the training clock; a pruning event's
+  # clock must exclude them too, or phases and shrink intervals computed
+  # from events disagree with the evaluations' times (time to accuracy).
+  # In the order things happen (the evaluation after step N-1, then the
+  # event before step N) the clock never goes back.
+  s = loop.train(tiny(**{'eval_every': 5, 'num_steps': 30}), str(tmp_path))
+  marks = sorted([(e['step'], 0, e['train_clock_seconds']) for e in s['evals']]
+                 + [(e['step'], 1, e['clock']) for e in s['pruning_events']])
+  assert len(s['pruning_events']) >= 3 and len(s['evals']) == 6
+  clocks = [c for _, _, c in marks]
+  assert clocks == sorted(clocks), marks
+  assert clocks[-1] <= s['train_seconds']
+
+
+@needs_fmnist
 def test_events_that_change_no_unit_skip_the_host_round_trip(tmp_path,
                                                               monkeypatch):
   # every unit is dead at once (huge epsilon): step 10 removes all but
