@@ -19,7 +19,12 @@ records as ``collapse.json`` and ``report.md``:
   same ``reg_peak`` and seeds, and against the base DemP curve at the
   variant's own neuron sparsity;
 * the collapse: test accuracy with the moving averages and with
-  recalibrated BatchNorm statistics on the same run.
+  recalibrated BatchNorm statistics on the same run;
+* time to accuracy: every ``bench_train*/bench_train.json`` of
+  ``experiments.bench_train`` (copied as ``<dir>.json``, its load-average
+  samples ``load_samples.txt`` as ``<dir>_loadavg.txt``), each run's times
+  as fractions of the dense run's training time and what bounds the
+  pruned run's (:func:`experiments.bench_train.phases`).
 """
 from __future__ import annotations
 
@@ -246,6 +251,84 @@ def collapse_table(records: dict) -> list[str]:
   return lines
 
 
+def _time_to(reached: Optional[dict], dense_seconds: float) -> str:
+  if reached is None:
+    return 'not reached'
+  return (f'step {reached["step"]:,}, {reached["train_seconds"]:.1f} s '
+          f'({reached["train_seconds"] / dense_seconds:.3f}x)')
+
+
+def bench_table(bench: dict) -> list[str]:
+  """One row per run of an ``experiments.bench_train`` JSON, times as
+  ``seconds (fraction of the dense run's training seconds)``, then the
+  pruned run's phases."""
+  runs = bench['runs']
+  dense_seconds = runs['no_prune']['train_seconds']
+  dense_acc = runs['no_prune']['test_accuracy']
+  target = bench['dense_final_target']
+  lines = ['| run | test accuracy | neuron sparsity | training s (compile '
+           'apart) | compile s | to ' + f'{bench["target_accuracy"]:.4f} | '
+           f'to {target:.4f} (dense final - {dense_acc - target:.2f}) |',
+           '|---|---|---|---|---|---|---|']
+  for name, r in runs.items():
+    lines.append(
+        f'| {name} | {r["test_accuracy"]:.4f} '
+        f'({100 * (r["test_accuracy"] - dense_acc):+.2f} points) | '
+        f'{r["neuron_sparsity"]:.3f} | {r["train_seconds"]:.1f} '
+        f'({r["train_seconds"] / dense_seconds:.3f}x) | '
+        f'{r["compile_seconds"]:.1f} | '
+        f'{_time_to(r["time_to_target"], dense_seconds)} | '
+        f'{_time_to(r.get("time_to_dense_final"), dense_seconds)} |')
+  for name, r in runs.items():
+    ph = r.get('phases')
+    if not ph:
+      continue
+    dense_phase = ph['dense_phase'] or {}
+    dip = ph['accuracy_dip'] or {}
+    # The training clock at the first deaths: the evaluation's at that step
+    # when there is one (commits up to 65b443b counted the evaluations in
+    # a pruning event's clock, not in an evaluation's).
+    at = {e['step']: e['train_clock_seconds'] for e in r.get('evals', [])}
+    dense_seconds_at = at.get(dense_phase.get('step'),
+                              dense_phase.get('train_seconds', float('nan')))
+    dense_run_at = {e['step']: e['train_clock_seconds']
+                    for e in runs['no_prune'].get('evals', [])}.get(
+                        dense_phase.get('step'), float('nan'))
+    lines += ['', f'{name}\'s phases: full width until step '
+              f'{dense_phase.get("step", "-")} '
+              f'({dense_seconds_at:.1f} s; the dense run there: '
+              f'{dense_run_at:.1f} s), '
+              f'death checks {ph["death_check_seconds"]:.1f} s, '
+              f'recalibration {ph["recalibrate_seconds"]:.1f} s, shrinks '
+              f'{ph["shrink_overhead_seconds"]:.1f} s added, median step '
+              f'{ph["step_seconds_first"]:.4f} s in the first tenth and '
+              f'{ph["step_seconds_last"]:.4f} s in the last, lowest test '
+              f'accuracy {dip.get("test_accuracy", float("nan")):.4f} at '
+              f'step {dip.get("step", "-")} (dense there: '
+              f'{dip.get("dense_test_accuracy") or float("nan"):.4f}).']
+  return lines
+
+
+def bench_sections(sweep: str, out: str) -> list[str]:
+  """A table per ``sweep/bench_train*/bench_train.json``, copied to
+  ``out`` with its load samples."""
+  lines = []
+  for name in sorted(os.listdir(sweep)):
+    path = os.path.join(sweep, name, 'bench_train.json')
+    if not (name.startswith('bench_train') and os.path.exists(path)):
+      continue
+    with open(path) as f:
+      bench = json.load(f)
+    shutil.copyfile(path, os.path.join(out, f'{name}.json'))
+    load = os.path.join(sweep, name, 'load_samples.txt')
+    if os.path.exists(load):
+      shutil.copyfile(load, os.path.join(out, f'{name}_loadavg.txt'))
+    lines += [f'## Time to accuracy: `{name}`', '',
+              f'{bench["machine"]}. Training seconds exclude compiles and '
+              'evaluations.', '', *bench_table(bench), '']
+  return lines
+
+
 def write_report(sweep: str, out: str) -> str:
   """Copies the rows and writes ``out/report.md``; returns its path."""
   os.makedirs(out, exist_ok=True)
@@ -273,6 +356,7 @@ def write_report(sweep: str, out: str) -> str:
     lines += [f'{n}: final test accuracy {r["test_accuracy"]:.4f}, neuron '
               f'sparsity {r["neuron_sparsity"]:.3f}' for n, r in
               sorted(records.items())] + ['']
+  lines += bench_sections(sweep, out)
   path = os.path.join(out, 'report.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines))

@@ -82,3 +82,55 @@ def test_ablations_meet_the_base_curve_where_they_landed():
   # base curve: (0.6, 0.91) and (1.0, 0.87); at 0.8 it is 0.89
   assert sgd.endswith('| 0.8900 | +0.0100 |')
   assert l2.endswith('| - | - |')  # 0.1 is below the curve's first point
+
+
+def _evals(seconds_per_step, accs, every=100):
+  return [{'step': every * (i + 1), 'test_accuracy': a,
+           'train_clock_seconds': seconds_per_step * every * (i + 1)}
+          for i, a in enumerate(accs)]
+
+
+def test_time_to_accuracy_is_read_against_the_dense_training_time(tmp_path):
+  demp_evals = _evals(0.5, [0.6, 0.89, 0.91, 0.92])
+  bench = {
+      'machine': 'test machine', 'target_accuracy': 0.88,
+      'dense_final_target': 0.92,
+      'runs': {
+          'demp': {
+              'test_accuracy': 0.92, 'neuron_sparsity': 0.75,
+              'train_seconds': 200.0, 'compile_seconds': 3.0,
+              'time_to_target': {'step': 200, 'train_seconds': 100.0},
+              'time_to_dense_final': {'step': 400, 'train_seconds': 200.0},
+              'evals': demp_evals,
+              'phases': {
+                  # an event clock that counted evaluations: the report
+                  # reads the evaluation's clock at that step instead
+                  'dense_phase': {'step': 200, 'train_seconds': 130.0},
+                  'death_check_seconds': 1.0, 'recalibrate_seconds': 0.0,
+                  'shrink_overhead_seconds': 4.0,
+                  'step_seconds_first': 0.5, 'step_seconds_last': 0.25,
+                  'accuracy_dip': {'step': 300, 'test_accuracy': 0.85,
+                                   'dense_test_accuracy': 0.9}}},
+          'no_prune': {
+              'test_accuracy': 0.93, 'neuron_sparsity': 0.0,
+              'train_seconds': 400.0, 'compile_seconds': 1.0,
+              'time_to_target': {'step': 100, 'train_seconds': 100.0},
+              'time_to_dense_final': None,
+              'evals': _evals(1.0, [0.88, 0.9, 0.92, 0.93])}}}
+  table = '\n'.join(long_report.bench_table(bench))
+  assert ('| demp | 0.9200 (-1.00 points) | 0.750 | 200.0 (0.500x) | 3.0 | '
+          'step 200, 100.0 s (0.250x) | step 400, 200.0 s (0.500x) |') in table
+  assert '| no_prune | 0.9300 (+0.00 points)' in table
+  assert 'not reached' in table
+  assert 'full width until step 200 (100.0 s; the dense run there: 200.0 s)' \
+      in table
+  # write_report copies the JSON and its load samples next to the report
+  sweep = tmp_path / 'sweep'
+  _write(str(sweep / 'main'), MAIN)
+  os.makedirs(sweep / 'bench_train')
+  (sweep / 'bench_train' / 'bench_train.json').write_text(json.dumps(bench))
+  (sweep / 'bench_train' / 'load_samples.txt').write_text('0.1 0.1 0.1\n')
+  path = long_report.write_report(str(sweep), str(tmp_path / 'out'))
+  assert '## Time to accuracy: `bench_train`' in open(path).read()
+  assert (tmp_path / 'out' / 'bench_train.json').exists()
+  assert (tmp_path / 'out' / 'bench_train_loadavg.txt').exists()
