@@ -66,13 +66,13 @@ exp2 expm1 floor ge gt igamma imag integer_pow is_finite le lgamma log log1p
 logistic lt max min mul ne neg nextafter not or pow real reduce_precision rem
 round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor
 shift_left shift_right_logical shift_right_arithmetic population_count clz
-sharding_constraint optimization_barrier pvary mesh_cast
+sharding_constraint optimization_barrier pvary mesh_cast name
 """.split())
 
 # Elementwise primitives that are affine in a data operand (per index).
 _AFFINE = frozenset("""
 add sub neg convert_element_type copy copy_p reduce_precision real conj
-stop_gradient sharding_constraint optimization_barrier pvary mesh_cast
+stop_gradient sharding_constraint optimization_barrier pvary mesh_cast name
 """.split())
 
 # Value-preserving views of an axis: a constant unit stays that constant.
@@ -143,6 +143,7 @@ class _Analysis:
     self.leaf_of: dict[int, int] = {v.id: i for i, v in
                                     enumerate(program.leaf_vars)}
     self.reads: dict[int, list[str]] = {}          # leaf -> op descriptions
+    self.unfollowed: dict[int, list[str]] = {}     # leaf -> unknown ops
     self.first_read: dict[int, int] = {}           # leaf -> order of use
     # consumers: (eqn, preserved-site tags of the data read, the kernel's
     # contracted (leaf, axis) pairs)
@@ -221,6 +222,8 @@ class _Analysis:
     for a in e.invars:
       info = self.get(a)
       data |= info.data
+      for leaf, _ in set().union(*(info.prov or ())):
+        self.unfollowed.setdefault(leaf, []).append(f'{what} at {e.where}')
       for d in info.dims:
         self.s.hazard(d, f'{what} at {e.where}')
     for v in e.outvars:
@@ -536,10 +539,13 @@ class _Analysis:
   op_cumprod = op_cummax = op_cummin = op_cumlogsumexp = op_cumsum
 
   def op_sort(self, e):
-    src = self.get(e.invars[0])
-    self.s.freeze(src.dims[e.params['dimension']], f'sort at {e.where}')
-    for v in e.outvars:
-      self.put(v, _Info(src.dims, src.data, False, None, {}))
+    # every operand (keys, then values sorted with them) is permuted along
+    # the dimension; the other axes stay where they were
+    axis = e.params['dimension']
+    for a, v in zip(e.invars, e.outvars):
+      src = self.get(a)
+      self.s.freeze(src.dims[axis], f'sort at {e.where}')
+      self.put(v, _Info(src.dims, src.data, False, src.prov, {}))
 
   # ---- linear maps
 
@@ -791,6 +797,14 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
         name, n, tuple(r for role, r, _ in refs if role == 'produces'),
         tuple(r for role, r, _ in refs if role == 'consumes')))
     sites[name] = tuple(atom_sites)
+  # A parameter only an unfollowed operation reads would otherwise vanish
+  # without a word (its units are never a group): name it and the op.
+  in_groups = {(r.collection, r.path) for g in groups
+               for r in g.produces + g.consumes}
+  for i, ops in sorted(an.unfollowed.items()):
+    key = program.leaves[i]
+    if key[0] == 'params' and (key[0], tuple(key[1])) not in in_groups:
+      skipped[f'the parameter {_leafname(key)}'] = tuple(dict.fromkeys(ops))
   return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped)
 
 

@@ -2,7 +2,8 @@
 
 :func:`trace` turns ``fn(variables, x)`` into a :class:`Program`: the jaxpr
 of the call with every call-like wrapper inlined (``jit``, ``custom_jvp_call``,
-``custom_vjp_call``, ``closed_call``, ``remat``), so that every primitive the
+``custom_vjp_call``, ``closed_call``, ``remat``/``remat2``: ``nn.remat``,
+``nnx.remat`` and ``jax.checkpoint``), so that every primitive the
 model runs is one :class:`Eqn` at the top level, and the variables' leaves
 are named by their ``(collection, path)``. :func:`evaluate` runs a program
 (inside or outside ``jit``) and returns any of its intermediate values too:
@@ -29,7 +30,8 @@ from demp_jax import topology as topo
 _INLINE = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr',
            'core_call': 'call_jaxpr', 'custom_jvp_call': 'call_jaxpr',
            'custom_vjp_call': 'call_jaxpr', 'custom_vjp_call_jaxpr':
-           'fun_jaxpr', 'remat': 'jaxpr', 'checkpoint': 'jaxpr'}
+           'fun_jaxpr', 'remat': 'jaxpr', 'remat2': 'jaxpr',
+           'checkpoint': 'jaxpr'}
 
 _ids = itertools.count()
 

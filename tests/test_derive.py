@@ -170,6 +170,42 @@ def test_norm_over_the_units_and_fixed_widths_are_skipped_with_reasons():
   assert 'does not run with them narrower' in why and 'Conv_2' in why
 
 
+class _OrthogonalKernel(nn.Module):
+  """A parametrised kernel: what the layer multiplies by is qr(k)'s Q."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    k = self.param('k', nn.initializers.lecun_normal(), (x.shape[-1], 8))
+    x = nn.relu(x @ jnp.linalg.qr(k)[0])
+    x = nn.relu(nn.Dense(6)(x))
+    return nn.Dense(5)(x)
+
+
+class _SortedKernel(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    k = self.param('k', nn.initializers.lecun_normal(), (x.shape[-1], 8))
+    x = nn.relu(x @ jnp.sort(k, axis=0))
+    return nn.Dense(5)(x)
+
+
+def test_a_parameter_only_an_unknown_op_reads_is_named_not_dropped():
+  # qr is not followed: k's units cannot be a group, and net.skipped must
+  # say so instead of leaving the layer out without a word
+  net, _ = Net.create(_OrthogonalKernel(), (4, 4, 3))
+  assert net.topology.names == ('Dense_0',)
+  reasons = dict(net.skipped)
+  assert 'the parameter params/k' in reasons, net.skipped
+  assert all('not followed by demp_jax' in r
+             for r in reasons['the parameter params/k'])
+  # a sort of a parameter keeps its provenance (it used to crash the
+  # derivation with a TypeError in the matmul after it)
+  net, _ = Net.create(_SortedKernel(), (4, 4, 3))
+  assert any('params/k' in what for what, _ in net.skipped), net.skipped
+
+
 class _Depthwise(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 from flax import nnx
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 
@@ -143,6 +144,27 @@ class TokenMLPBlock(nn.Module):
     return nn.Dense(5)(x.mean(axis=1))
 
 
+class RematBlock(nn.Module):
+  """Dense -> BN -> GELU, its output named for a remat policy."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(self.features)(x))
+    return checkpoint_name(nn.gelu(x), 'hidden')
+
+
+class RematMLP(nn.Module):
+  """Blocks under ``nn.remat`` (activation checkpointing)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for f in (24, 16):
+      x = nn.remat(RematBlock, static_argnums=(2,))(f)(x, train)
+    return nn.Dense(5)(x)
+
+
 # ----------------------------------------------------------------------- NNX
 
 
@@ -260,13 +282,31 @@ FAMILIES = {
     'concat': (ConcatNet, lambda: NConcatNet(nnx.Rngs(0)), IMAGE),
     'gated_mlp': (GatedMLP, None, (4, 4, 3)),
     'token_mlp': (TokenMLPBlock, lambda: NTokenMLPBlock(nnx.Rngs(0)), IMAGE),
+    'remat_mlp': (RematMLP, lambda: NRematMLP(nnx.Rngs(0)), (4, 4, 3)),
 }
 
 # The unit groups each family must have (by the module that produces them).
 EXPECTED_GROUPS = {
     'seq_mlp': 3, 'flatten_cnn': 3, 'channels_first_cnn': 2, 'residual': 5,
     'concat': 5, 'gated_mlp': 1, 'token_mlp': 2, 'concat_nnx': 3,
+    'remat_mlp': 2,
 }
+
+
+class NRematMLP(nnx.Module):
+  """Layers called under ``nnx.remat``."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(48, 24, rngs=rngs)
+    self.bn1 = nnx.BatchNorm(24, rngs=rngs)
+    self.fc2 = nnx.Linear(24, 16, rngs=rngs)
+    self.out = nnx.Linear(16, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    x = nnx.remat(lambda fc, bn, x: nnx.gelu(bn(fc(x))))(self.fc1, self.bn1, x)
+    x = nnx.remat(lambda fc, x: nnx.relu(fc(x)))(self.fc2, x)
+    return self.out(x)
 
 
 def make_net_linen():
