@@ -311,6 +311,13 @@ def _eval_logits(model: Any, variables: Mapping[str, Any], x: jax.Array):
   return model.apply(variables, x, train=False)
 
 
+def _max_abs(outputs: Any) -> float:
+  """``max |x|`` over every array of a model's outputs (logits, or a
+  tuple such as ``(logits, features)``)."""
+  return max((float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(outputs)),
+             default=0.0)
+
+
 def eval_logits(model: Any, variables: Mapping[str, Any],
                 x: jax.Array) -> jax.Array:
   """Eval-mode logits ``[B, classes]`` of ``x`` ``[B, *input_shape]``,
@@ -335,8 +342,8 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     opt_state: optional optimiser state to slice alongside; needs ``tx``.
     tx: the optimiser that made ``opt_state``.
     probe: optional batch ``[B, *input_shape]``; when given, checks that the
-      shrunk logits equal the masked logits and raises :class:`SurgeryError`
-      if not.
+      shrunk logits (every array the model returns) equal the masked ones
+      and raises :class:`SurgeryError` if not.
     rtol, atol: tolerance of that check.
     fold_constants: fold every removed unit whose output is a non-zero
       constant ``c`` into its consumers before removing it (see the module
@@ -400,9 +407,9 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     masked = eval_logits(model, topo.silence_units(topology, source, alive),
                          probe)
     after = eval_logits(new_model, new_vars, probe)
-    masked_diff = float(jnp.max(jnp.abs(after - masked)))
-    change = float(jnp.max(jnp.abs(after - before)))
-    bound = atol + rtol * float(jnp.max(jnp.abs(masked)))
+    masked_diff = _max_abs(jax.tree.map(jnp.subtract, after, masked))
+    change = _max_abs(jax.tree.map(jnp.subtract, after, before))
+    bound = atol + rtol * _max_abs(masked)
     if not masked_diff <= bound:  # NaN fails too
       raise SurgeryError(
           f'shrunk logits differ from the masked logits by up to '

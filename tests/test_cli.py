@@ -56,6 +56,28 @@ def test_a_bad_config_value_stops_before_anything_runs(tmp_path, override,
   assert not work.exists()  # nothing written, not even the directory
 
 
+@pytest.mark.parametrize('factory, expected', [
+    ('make_logits_and_features', 'returns a tuple of 2 arrays; the trainer '
+     'needs the logits alone, one array [B, 10]'),
+    ('make_five_classes', 'maps a batch of 2 to logits of shape (2, 5); the '
+     'dataset needs (2, 10)'),
+])
+def test_a_user_model_that_does_not_return_the_logits_is_named(
+    tmp_path, factory, expected):
+  work = tmp_path / 'run'
+  r, seconds = run('--workdir', str(work),
+                   f'--config.model.name=tests.user_models:{factory}')
+  assert r.returncode == 1  # found when the model is built, not validated
+  # before it, the notice that the config's model settings are not used
+  *notice, line = r.stderr.strip().splitlines()
+  assert [n for n in notice if 'takes no settings' not in n] == []
+  assert line.startswith('error: ') and r.stdout == ''
+  assert f"config.model.name='tests.user_models:{factory}'" in line
+  assert expected in line
+  assert seconds < SECONDS
+  assert not work.exists()
+
+
 def test_config_files_that_do_not_load(tmp_path):
   bad = tmp_path / 'bad.py'
   bad.write_text('def get_config(:\n  pass\n')

@@ -150,3 +150,23 @@ def test_bad_keep_is_a_clear_error(small_mlp):
     surgery.shrink(net, v, {'dense_0': np.zeros(12, bool)})
   with pytest.raises(ValueError, match='tx'):
     surgery.shrink(net, v, {}, opt_state=())
+
+
+def test_a_model_returning_logits_and_features_is_checked_on_both():
+  import user_models as um  # pylint: disable=g-import-not-at-top
+  from demp_jax.net import Net  # pylint: disable=g-import-not-at-top
+  net, v = Net.create(um.LogitsAndFeatures(), (4, 4, 3))
+  # the features are an output: their units stay; the layer before is a group
+  assert net.topology.names == ('Dense_0',)
+  assert any('Dense_1' in what for what, _ in net.skipped)
+  rng = np.random.default_rng(0)
+  keep = {'Dense_0': rng.random(24) < 0.5}
+  res = surgery.shrink(net, v, keep, probe=jnp.asarray(
+      rng.normal(size=(3, 4, 4, 3)), jnp.float32))
+  assert res.max_masked_diff <= 1e-5
+  x = jnp.asarray(rng.normal(size=(5, 4, 4, 3)), jnp.float32)
+  masked = net.apply(topo.silence_units(net.topology, v, keep), x)
+  shrunk = res.model.apply(res.variables, x)
+  assert isinstance(shrunk, tuple) and len(shrunk) == 2
+  for a, b in zip(shrunk, masked):
+    np.testing.assert_allclose(a, b, atol=1e-5)

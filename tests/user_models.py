@@ -309,6 +309,28 @@ class NRematMLP(nnx.Module):
     return self.out(x)
 
 
+class LogitsAndFeatures(nn.Module):
+  """Returns ``(logits, features)``, as models written for a probe or a
+  distillation loss do; the features' units are an output, not a group."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(24)(x))
+    features = nn.relu(nn.Dense(16)(x))
+    return nn.Dense(10)(features), features
+
+
+def make_logits_and_features():
+  """A factory the trainer must refuse: its model returns a tuple."""
+  return LogitsAndFeatures()
+
+
+def make_five_classes():
+  """A factory the trainer must refuse on Fashion-MNIST: 5 logits."""
+  return SeqMLP()
+
+
 def make_net_linen():
   """A factory for ``--config.model.name=tests.user_models:make_net_linen``."""
   return FlattenCNNFM()

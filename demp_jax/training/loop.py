@@ -93,7 +93,13 @@ def _require_logits(net: Net, variables: dict, num_classes: int,
                     name: str) -> None:
   """A ``ValueError`` unless the model maps a batch to ``[B, classes]``."""
   x = jax.ShapeDtypeStruct((2,) + net.input_shape, jnp.float32)
-  shape = jax.eval_shape(net.apply, variables, x).shape
+  out = jax.eval_shape(net.apply, variables, x)
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise ValueError(f'config.model.name={name!r} returns a '
+                     f'{type(out).__name__} of {len(jax.tree.leaves(out))} '
+                     'arrays; the trainer needs the logits alone, one array '
+                     f'[B, {num_classes}]')
+  shape = out.shape
   if tuple(shape) != (2, num_classes):
     raise ValueError(f'config.model.name={name!r} maps a batch of 2 to '
                      f'logits of shape {tuple(shape)}; the dataset needs '
