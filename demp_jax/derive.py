@@ -37,7 +37,8 @@ Constructs it cannot follow are refused with :class:`TopologyError`, naming
 the operation, its source line and the group's parameter: grouped or
 depthwise convs, gathers, scatters and dynamic slices over a unit axis,
 control flow (``scan``, ``while``, ``cond``) and unknown primitives on a
-unit axis, and a parameter read by two operations (weight tying). Spaces
+unit axis, a parameter that meets the data in two operations (weight
+tying, a layer applied twice) or holds one group on two of its axes. Spaces
 that are not prunable are skipped and listed in :attr:`Derivation.skipped`
 with the reason. The surgery's probe check stays as the backstop.
 """
@@ -144,6 +145,10 @@ class _Analysis:
                                     enumerate(program.leaf_vars)}
     self.reads: dict[int, list[str]] = {}          # leaf -> op descriptions
     self.unfollowed: dict[int, list[str]] = {}     # leaf -> unknown ops
+    # leaf -> the ops where a value computed from it alone meets the data:
+    # one for a layer (a kernel, or WeightNorm's kernel / norm * scale),
+    # two or more for a tied or shared parameter
+    self.uses: dict[int, list[str]] = {}
     self.first_read: dict[int, int] = {}           # leaf -> order of use
     # consumers: (eqn, preserved-site tags of the data read, the kernel's
     # contracted (leaf, axis) pairs)
@@ -190,6 +195,15 @@ class _Analysis:
         for d in self.info[o.id].dims:
           self.s.freeze(d, 'the network output')
 
+  def note_uses(self, e: prog.Eqn) -> None:
+    ins = [self.get(a) for a in e.invars]
+    if not any(i.data for i in ins):
+      return
+    for i in ins:
+      if not i.data and i.prov:
+        for leaf in sorted({leaf for axis in i.prov for leaf, _ in axis}):
+          self.uses.setdefault(leaf, []).append(f'{e.name} at {e.where}')
+
   def note_reads(self, e: prog.Eqn) -> None:
     for a in e.invars:
       if isinstance(a, prog.Var) and a.id in self.leaf_of:
@@ -199,6 +213,7 @@ class _Analysis:
 
   def step(self, e: prog.Eqn) -> None:
     self.note_reads(e)
+    self.note_uses(e)
     name = e.name
     if name in ELEMENTWISE:
       return self.elementwise(e)
@@ -736,9 +751,6 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
   for i, v in enumerate(program.leaf_vars):
     dims = an.info[v.id].dims  # the leaf's own spaces, joined since
     leaf_layouts.append([s.layout(d) for d in dims])
-  used: dict[int, list[str]] = {}
-  for i, rs in an.reads.items():
-    used[i] = rs
   groups, sites, skipped, names = [], {}, {}, set()
   fold_of = _fold_targets(an)
   for atom, atom_sites in atoms.items():
@@ -780,12 +792,23 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
           f'cannot derive the unit topology: {what} reach {hazards[0]}; '
           'demp_jax cannot prune through it')
     for role, r, (i, a) in refs:
-      if len(used.get(i, [])) > 1:
+      uses = an.uses.get(i, [])
+      if len(uses) > 1:
         raise TopologyError(
             f'cannot derive the unit topology: parameter '
-            f'{_leafname(program.leaves[i])} carries {what} and is read by '
-            f'{len(used[i])} operations ({"; ".join(used[i][:3])}): weight '
+            f'{_leafname(program.leaves[i])} carries {what} and meets the '
+            f'data in {len(uses)} operations ({"; ".join(uses[:3])}): weight '
             'tying or a shared layer, which demp_jax cannot prune')
+    axes_of: dict[int, set] = {}
+    for _, _, (i, a) in refs:
+      axes_of.setdefault(i, set()).add(a)
+    for i, axes in axes_of.items():
+      if len(axes) > 1:
+        raise TopologyError(
+            f'cannot derive the unit topology: parameter '
+            f'{_leafname(program.leaves[i])} carries {what} on {len(axes)} '
+            f'of its axes ({sorted(axes)}; {"; ".join(an.reads[i][:3])}), '
+            'which demp_jax cannot prune')
     base = '/'.join(kernels[0].path[:-1]) or _leafname(
         (kernels[0].collection, kernels[0].path))
     name, k = base, 1

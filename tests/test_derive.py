@@ -222,6 +222,14 @@ class _Tied(nn.Module):
     return nn.Dense(5)(nn.relu(shared(nn.relu(shared(x)))))
 
 
+class _Symmetric(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1))))
+    k = self.param('k', nn.initializers.lecun_normal(), (8, 8))
+    return nn.Dense(5)(nn.relu(x @ (k + k.T)))
+
+
 class _Gather(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
@@ -240,7 +248,9 @@ class _Scan(nn.Module):
 @pytest.mark.parametrize('model, words', [
     (_Depthwise(), ('feature_group_count=8', 'params/Conv_1/kernel',
                     'test_derive.py')),
-    (_Tied(), ('weight tying', 'params/Dense_1/', 'read by 2 operations')),
+    (_Tied(), ('weight tying', 'params/Dense_1/',
+               'meets the data in 2 operations')),
+    (_Symmetric(), ('params/k', 'on 2 of its axes', 'transpose')),
     (_Gather(), ('gather', 'params/Dense_0/kernel', 'test_derive.py')),
     (_Scan(), ('scan', 'params/Dense_0/kernel')),
 ])

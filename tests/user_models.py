@@ -165,6 +165,19 @@ class RematMLP(nn.Module):
     return nn.Dense(5)(x)
 
 
+class WeightNormMLP(nn.Module):
+  """Dense layers under ``nn.WeightNorm``: per output unit ``g v / |v|``.
+  The norm of the second one runs over its inputs, the units before it."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.WeightNorm(nn.Dense(24))(x))
+    x = nn.relu(nn.Dense(16)(x))
+    x = nn.relu(nn.WeightNorm(nn.Dense(12))(x))
+    return nn.Dense(5)(x)
+
+
 # ----------------------------------------------------------------------- NNX
 
 
@@ -283,13 +296,14 @@ FAMILIES = {
     'gated_mlp': (GatedMLP, None, (4, 4, 3)),
     'token_mlp': (TokenMLPBlock, lambda: NTokenMLPBlock(nnx.Rngs(0)), IMAGE),
     'remat_mlp': (RematMLP, lambda: NRematMLP(nnx.Rngs(0)), (4, 4, 3)),
+    'weight_norm': (WeightNormMLP, None, (4, 4, 3)),
 }
 
 # The unit groups each family must have (by the module that produces them).
 EXPECTED_GROUPS = {
     'seq_mlp': 3, 'flatten_cnn': 3, 'channels_first_cnn': 2, 'residual': 5,
     'concat': 5, 'gated_mlp': 1, 'token_mlp': 2, 'concat_nnx': 3,
-    'remat_mlp': 2,
+    'remat_mlp': 2, 'weight_norm': 2,
 }
 
 
