@@ -396,6 +396,10 @@ def plan_runs(methods: Sequence[str], points: int,
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f'unknown method(s) {unknown}; known: {sorted(METHODS)}')
+  stray = sorted(set(grids or {}) - set(methods))
+  if stray:
+    raise ValueError(f'--grid names {stray}, not among --methods '
+                     f'{list(methods)} (a typo would run the default grid)')
   per_method = []
   for m in methods:
     knobs = (grids or {}).get(m) or METHODS[m].grid(int(points))
@@ -522,8 +526,28 @@ def parse_grid(items: Sequence[str]) -> dict:
     method, sep, values = item.partition('=')
     if not sep:
       raise ValueError(f'--grid {item!r} is not METHOD=v1,v2,...')
-    grids[method.strip()] = [float(v) for v in values.split(',') if v]
+    method = method.strip()
+    knobs = []
+    for v in values.split(','):
+      try:
+        knobs.append(float(v))
+      except ValueError:
+        raise ValueError(f'--grid {item!r}: {v!r} is not a number') from None
+    grids[method] = knobs
   return grids
+
+
+def _ints(flag: str, values: Sequence[str], low: int) -> list[int]:
+  """``values`` as integers ``>= low``, or a ``ValueError`` naming ``flag``."""
+  out = []
+  for v in values:
+    try:
+      out.append(int(v))
+    except ValueError:
+      raise ValueError(f'--{flag}: {v!r} is not an integer') from None
+    if out[-1] < low:
+      raise ValueError(f'--{flag}: {v} is below {low}')
+  return out
 
 
 def _flag_values(argv: Sequence[str]):
@@ -575,8 +599,9 @@ def parse_args(argv: Sequence[str]) -> Args:
   if len(rest) > 1:
     raise ValueError(f'unexpected arguments {rest[1:]}')
   overrides = config_flags.get_override_values(fv['config'])
-  return Args(config, list(fv.methods), int(fv.points), fv.out,
-              [int(s) for s in fv.seeds], parse_grid(fv.grid),
+  return Args(config, list(fv.methods),
+              _ints('points', [fv.points], 1)[0], fv.out,
+              _ints('seeds', fv.seeds, 0), parse_grid(fv.grid),
               {k.split('.', 1)[1]: v for k, v in overrides.items()
                if k.startswith('sparsity_config.')},
               bool(fv.jaxpruner_tree_map_alias), bool(fv.plots))

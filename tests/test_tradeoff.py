@@ -43,6 +43,10 @@ def test_plan_runs_grids_seeds_and_overrides():
   assert runs == [('snap', 0.5, 0)]
   with pytest.raises(ValueError, match='unknown method'):
     tradeoff.plan_runs(['snip'], 2)
+  # a grid for a method the sweep does not run (a typo, or a method left
+  # out) is an error, not a silently ignored flag
+  with pytest.raises(ValueError, match=r"--grid names \['dmep'\], not among"):
+    tradeoff.plan_runs(['demp'], 2, grids={'dmep': [0.1]})
   # every registered-name method spec names a registered algorithm
   from demp_jax.algorithms import all_algorithm_names
   assert {s.algorithm for s in tradeoff.METHODS.values()} <= set(
@@ -96,6 +100,12 @@ def test_command_line_is_config_flags_plus_the_harness_flags(tmp_path):
       (['--config.sparsity_config.update_freq=3'], "override 'update_freq'"),
       (['--bogus=1'], "flag 'bogus'"),
       (['--grid', 'snap'], 'METHOD=v1'),
+      (['--grid', 'snap=0.5,abc'], "--grid 'snap=0.5,abc': 'abc' is not a "
+       'number'),
+      (['--grid', 'snap='], "--grid 'snap=': '' is not a number"),
+      (['--seeds', '0,x'], "--seeds: 'x' is not an integer"),
+      (['--seeds', '-1'], '--seeds: -1 is below 0'),
+      (['--points', '0'], '--points: 0 is below 1'),
   ]:
     with pytest.raises(ValueError, match=match):
       tradeoff.parse_args(['--config', CONFIG, '--methods', 'snap', '--out',
