@@ -40,4 +40,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  train.define_flags()
   app.run(main, flags_parser=train.parse_flags)

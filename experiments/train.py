@@ -44,7 +44,7 @@ def fail(message: object, code: int) -> NoReturn:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   try:
     validate.validate_config(config)
   except validate.ConfigError as e:
@@ -110,7 +110,7 @@ def parse_flags(argv):
       fail(f'config file {path}: {type(root).__name__}: {root}',
            BAD_COMMAND_LINE)
     fail(f'bad command line: {_flag_message(e)}', BAD_COMMAND_LINE)
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if not isinstance(config, ml_collections.ConfigDict):
     try:
       config.get('seed')  # config_flags defers a file's load errors to here
@@ -174,11 +174,16 @@ def _flag_message(e: BaseException) -> str:
   return f'unknown config override {msg}' if unknown else str(msg)
 
 
-if __name__ == '__main__':
-  # flags only for the command line: the tests import this module beside
-  # the other scripts, which define --config too
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+def define_flags() -> None:
+  """``--config`` and ``--workdir`` on absl's flags: called by a script's
+  ``__main__`` only (this one and experiments.ap), so that the experiment
+  modules import together, each defining ``--config`` only when run."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Output directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
+
+
+if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=parse_flags)

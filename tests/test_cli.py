@@ -1,6 +1,7 @@
 """The command line: every bad input is one ``error: ...`` line on stderr,
 a non-zero exit within seconds, and nothing written to the workdir."""
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -13,8 +14,8 @@ TINY = 'configs/fashion_mnist_demp.py:tiny'
 SECONDS = 30  # python + jax start-up on a loaded 2-core machine: ~2-5 s
 
 
-def run(*args, config=TINY):
-  argv = [sys.executable, '-m', 'experiments.train'] + (
+def run(*args, config=TINY, module='experiments.train'):
+  argv = [sys.executable, '-m', module] + (
       ['--config', config] if config else []) + list(args)
   t0 = time.perf_counter()
   r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
@@ -160,3 +161,20 @@ def test_a_corrupt_data_file_is_named_and_leaves_no_workdir(tmp_path):
       'file ended before the end-of-stream marker was reached)')
   assert seconds < SECONDS
   assert not work.exists()
+
+
+def test_the_ap_script_shares_the_trainers_command_line(tmp_path):
+  # experiments.ap takes experiments.train's --config and --workdir (and
+  # their one-line errors); it once lost them when train's flags moved
+  # under its __main__
+  r, _ = run('--workdir', str(tmp_path / 'bad'), '--config.bogus=1',
+             config='configs/fashion_mnist_ap.py:tiny', module='experiments.ap')
+  assert r.returncode == 2
+  assert one_error_line(r) == ("error: bad command line: unknown config "
+                               "override 'bogus'")
+  work = tmp_path / 'ap'
+  r, _ = run('--workdir', str(work), config='configs/fashion_mnist_ap.py:tiny',
+             module='experiments.ap')
+  assert r.returncode == 0, r.stderr[-2000:]
+  summary = json.load(open(work / 'summary.json'))
+  assert summary['algorithm'] == 'ap' and len(summary['rounds']) >= 2
