@@ -14,6 +14,10 @@ the dense run's final accuracy minus ``dense_margin``
 (surgery, the part of the compile not hidden behind training, the swap)
 against the time between its pruning event and the next, and
 :func:`phases`: what bounds the pruned run's time to accuracy.
+
+A bad command line (a config file or override, ``--eval_every`` below 1,
+run directories of ``--out`` that exist: it times fresh runs) is one
+``error: ...`` line and exit code 2 before anything runs.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from demp_jax.training import loop
+from demp_jax.training import validate
+from experiments import train
 from experiments.benchlib import machine, runtime_env
 
 
@@ -79,14 +85,36 @@ def phases(summary: dict, dense_evals: list[dict]) -> dict:
   }
 
 
+def check_command_line(config, eval_every: int, base: str,
+                       algorithms) -> None:
+  """Exits with one ``error: ...`` line (code 2) before anything runs on
+  a config out of range, ``--eval_every`` below 1 (no time to accuracy
+  without evaluations) or a run directory of ``--out`` that exists (the
+  benchmark times fresh runs; it never resumes one)."""
+  try:
+    validate.validate_config(config)
+  except validate.ConfigError as e:
+    train.fail(e, train.BAD_COMMAND_LINE)
+  if eval_every < 1:
+    train.fail(f'--eval_every={eval_every}: must be >= 1 (the times to '
+               'accuracy come from the evaluations)', train.BAD_COMMAND_LINE)
+  for algorithm in algorithms:
+    if os.path.exists(f'{base}_{algorithm}'):
+      train.fail(f'--out: {base}_{algorithm} already exists; bench_train '
+                 'times fresh runs: choose another --out or remove it',
+                 train.BAD_COMMAND_LINE)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   base = os.path.splitext(os.path.abspath(_OUT.value))[0]
+  algorithms = (_CONFIG.value.sparsity_config.algorithm, 'no_prune')
+  check_command_line(_CONFIG.value, _EVAL_EVERY.value, base, algorithms)
   out = {'machine': machine(), 'env': runtime_env(),
          'target_accuracy': _TARGET.value, 'runs': {}}
   summaries = {}
-  for algorithm in (_CONFIG.value.sparsity_config.algorithm, 'no_prune'):
+  for algorithm in algorithms:
     config = _CONFIG.value.copy_and_resolve_references()
     config.unlock()
     config.sparsity_config.algorithm = algorithm
@@ -144,4 +172,4 @@ if __name__ == '__main__':
       'dense_margin', 0.01, 'time_to_dense_final: the time to reach the dense '
       'run\'s final test accuracy minus this.')
   flags.mark_flags_as_required(['config', 'out'])
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

@@ -43,3 +43,29 @@ def test_phases_find_the_first_deaths_the_costs_and_the_dip():
   assert p['accuracy_dip'] == {'step': 300, 'test_accuracy': 0.3,
                                'dense_test_accuracy': 0.88}
   assert (p['step_seconds_first'], p['step_seconds_last']) == (0.04, 0.01)
+
+
+def test_a_bad_command_line_stops_before_any_run(tmp_path, capsys):
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  from configs import fashion_mnist_demp  # pylint: disable=g-import-not-at-top
+  config = fashion_mnist_demp.get_config('tiny')
+  base = str(tmp_path / 'bench')
+  algorithms = ('demp', 'no_prune')
+  bench_train.check_command_line(config, 10, base, algorithms)  # fine
+  bad_config = fashion_mnist_demp.get_config('tiny')
+  bad_config.batch_size = 0
+  os.makedirs(base + '_no_prune')
+  for args, words in [
+      ((bad_config, 10), 'config.batch_size=0'),
+      ((config, 0), '--eval_every=0: must be >= 1'),
+      ((config, 10), f'{base}_no_prune already exists'),
+  ]:
+    with pytest.raises(SystemExit) as e:
+      bench_train.check_command_line(*args, base, algorithms)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and words in err and '\n' not in err
