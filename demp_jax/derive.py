@@ -196,7 +196,9 @@ class _Analysis:
           self.s.freeze(d, 'the network output')
 
   def note_uses(self, e: prog.Eqn) -> None:
-    ins = [self.get(a) for a in e.invars]
+    # constants carry no parameter and are not data (and self.get would
+    # make new spaces for them)
+    ins = [self.info[a.id] for a in e.invars if isinstance(a, prog.Var)]
     if not any(i.data for i in ins):
       return
     for i in ins:
