@@ -235,14 +235,23 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
   ``mu``/``nu``, momentum traces, masks) from the rest (counters, keys),
   which are kept as they are. ``None`` leaves (JaxPruner masks) and
   ``optax.MaskedNode`` leaves (``optax.masked``, ``optax.multi_transform``)
-  stay as they are.
+  stay as they are. State of another shape inside a params-shaped tree
+  (Adafactor's factored moments) is a ``ValueError`` that says so.
   """
   refs = {k[1]: v for k, v in topology.leaf_refs().items() if k[0] == 'params'}
   slicers = jax.tree_util.tree_map_with_path(
       lambda p, _: _slicer(refs.get(topo.key_path(p), ()), keeps), params)
-  return optax.tree_map_params(
-      tx, lambda x, s: s(x), opt_state, slicers,
-      is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+  try:
+    return optax.tree_map_params(
+        tx, lambda x, s: s(x), opt_state, slicers,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
+  except ValueError as e:
+    if 'meets an array of shape' not in str(e):
+      raise
+    raise ValueError(
+        f'optimizer state: {e}. A params-shaped tree of the state holds an '
+        'array of another shape (factored second moments, as Adafactor '
+        'keeps): surgery slices only state shaped like its params') from e
 
 
 # ------------------------------------------------------------------ folding

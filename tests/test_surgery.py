@@ -106,6 +106,35 @@ def test_moments_are_sliced_with_the_params(small_cnn):
                                                          kept])
 
 
+def test_common_optax_optimisers_are_sliced_and_adafactor_is_named(small_cnn):
+  net, v = small_cnn
+  x = jax.random.normal(jax.random.PRNGKey(0), (4,) + net.input_shape)
+  keep = {'conv_1': np.array([1, 0, 1, 1, 0, 0, 1, 1], bool)}
+  kept = np.flatnonzero(keep['conv_1'])
+  label = lambda p: jax.tree.map(lambda a: 'w' if a.ndim > 1 else 'b', p)
+  for tx in (optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)),
+             optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
+             optax.multi_transform({'w': optax.adamw(1e-3),
+                                    'b': optax.sgd(1e-2, momentum=0.9)}, label),
+             optax.MultiSteps(optax.adam(1e-3), every_k_schedule=2),
+             optax.contrib.schedule_free_adamw(1e-3)):
+    v1, s = _step(net, v, tx, tx.init(v['params']), x)
+    res = surgery.shrink(net, v1, keep, opt_state=s, tx=tx)
+    # every state leaf shaped like conv_1's kernel is sliced like it
+    before = [a for a in jax.tree.leaves(s) if getattr(a, 'shape', None) ==
+              v['params']['conv_1']['kernel'].shape]
+    after = [a for a in jax.tree.leaves(res.opt_state)
+             if getattr(a, 'shape', None) ==
+             res.variables['params']['conv_1']['kernel'].shape]
+    assert before and len(before) == len(after)
+    for a, b in zip(after, before):
+      np.testing.assert_array_equal(a, np.asarray(b)[..., kept])
+  tx = optax.adafactor(1e-3)
+  v1, s = _step(net, v, tx, tx.init(v['params']), x)
+  with pytest.raises(ValueError, match='optimizer state: .*Adafactor'):
+    surgery.shrink(net, v1, keep, opt_state=s, tx=tx)
+
+
 def test_updater_state_masks_are_sliced(small_mlp):
   net, v = small_mlp
   t = net.topology
