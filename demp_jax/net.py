@@ -44,11 +44,12 @@ argument too when its ``__call__`` has one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import inspect
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -177,7 +178,10 @@ class Net:
     """``(net, initial variables)`` for a Linen module (initialised with
     ``seed``; with ``init=False`` only their ``jax.ShapeDtypeStruct``s) or
     an NNX module (its own state; ``seed`` unused)."""
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = _input_shape(input_shape)
+    if isinstance(model, type):
+      raise ModelError(f'got the class {model.__name__}; pass a module '
+                       f'(an instance, {model.__name__}(...))')
     if _is_nnx(model):
       from flax import nnx  # pylint: disable=g-import-not-at-top
       if isinstance(model, nnx.GraphDef):
@@ -193,11 +197,16 @@ class Net:
       net = cls(graphdef, input_shape, _shapes(variables),
                 topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
                 nnx_keys=tuple(keys), rng_keys=rng_keys)
+      with _runs_on(model, input_shape):  # (a Linen module's init checks)
+        jax.eval_shape(net._eval_fn, net.abstract_variables(),
+                       net._abstract_input())
     elif isinstance(model, nn.Module):
       mode = _mode_arg(model.__call__)
       make = functools.partial(_init_linen, model, input_shape, mode)
       key = jax.random.PRNGKey(seed)
-      variables = run_once(make, key) if init else jax.eval_shape(make, key)
+      with _runs_on(model, input_shape):
+        variables = (run_once(make, key) if init else
+                     jax.eval_shape(make, key))
       handwritten = (callable(getattr(model, 'unit_topology', None)) and
                      model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
@@ -490,6 +499,36 @@ def _shapes(variables: Mapping[str, Any]) -> tuple:
   return tuple((k, tuple(int(s) for s in np.shape(l)),
                 getattr(l, 'dtype', jnp.dtype(jnp.float32)))
                for k, l in zip(keys, leaves))
+
+
+def _input_shape(input_shape: Any) -> tuple[int, ...]:
+  """``input_shape`` as a tuple of positive ints, or a :class:`ModelError`
+  naming it."""
+  try:
+    shape = tuple(int(s) for s in input_shape)
+  except (TypeError, ValueError):
+    shape = ()
+  if not shape or min(shape) < 1:
+    raise ModelError(f'input_shape={input_shape!r} is not the shape of one '
+                     'example (a tuple of positive ints, without the batch '
+                     'axis, e.g. (28, 28, 1))')
+  return shape
+
+
+@contextlib.contextmanager
+def _runs_on(model: Any, input_shape: tuple[int, ...]) -> Iterator[None]:
+  """Turns the model's own failure on a batch of ``(2, *input_shape)``
+  into one :class:`ModelError` that names the model and the shape."""
+  try:
+    yield
+  except ModelError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [''])[0][:300]
+    raise ModelError(f'{type(model).__name__} does not run on a batch of '
+                     f'shape {(2,) + input_shape} (input_shape='
+                     f'{input_shape}, without the batch axis): '
+                     f'{type(e).__name__}: {first}') from e
 
 
 def run_once(fn: Callable, *args: Any) -> Any:

@@ -44,3 +44,26 @@ def test_run_once_is_jit():
   x = jax.random.normal(jax.random.PRNGKey(0), (7, 5))
   np.testing.assert_array_equal(np.asarray(netlib.run_once(f, x)),
                                 np.asarray(jax.jit(f)(x)))
+
+
+def test_bad_models_and_shapes_are_one_named_error():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  for make, words in [
+      (lambda: netlib.Net.create(user_models.FlattenCNN(), (28, 28)),
+       ('FlattenCNN does not run on a batch of shape (2, 28, 28)',)),
+      (lambda: netlib.Net.create(user_models.NSeqMLP(nnx.Rngs(0)),
+                                 (28, 28, 1)),
+       ('NSeqMLP does not run on a batch of shape (2, 28, 28, 1)',
+        'dot_general')),
+      (lambda: netlib.Net.create(user_models.SeqMLP(), 784),
+       ('input_shape=784 is not the shape of one example',)),
+      (lambda: netlib.Net.create(user_models.SeqMLP(), (4, 0, 3)),
+       ('input_shape=(4, 0, 3)',)),
+      (lambda: netlib.Net.create(user_models.NSeqMLP, (4, 4, 3)),
+       ('got the class NSeqMLP; pass a module',)),
+  ]:
+    with pytest.raises(netlib.ModelError) as e:
+      make()
+    assert '\n' not in str(e.value)
+    for w in words:
+      assert w in str(e.value), str(e.value)
