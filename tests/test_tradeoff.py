@@ -43,10 +43,13 @@ def test_plan_runs_grids_seeds_and_overrides():
   assert runs == [('snap', 0.5, 0)]
   with pytest.raises(ValueError, match='unknown method'):
     tradeoff.plan_runs(['snip'], 2)
-  # a grid for a method the sweep does not run (a typo, or a method left
-  # out) is an error, not a silently ignored flag
-  with pytest.raises(ValueError, match=r"--grid names \['dmep'\], not among"):
+  # a grid under a name no method has (a typo) is an error, not a silently
+  # ignored flag; one for a known method left out of the sweep is not
+  with pytest.raises(ValueError, match=r"--grid names unknown method\(s\) "
+                     r"\['dmep'\]"):
     tradeoff.plan_runs(['demp'], 2, grids={'dmep': [0.1]})
+  assert tradeoff.plan_runs(['snap'], 2, grids={'snap': [0.5], 'demp': [1.0]}
+                            ) == [('snap', 0.5, 0)]
   # every registered-name method spec names a registered algorithm
   from demp_jax.algorithms import all_algorithm_names
   assert {s.algorithm for s in tradeoff.METHODS.values()} <= set(
