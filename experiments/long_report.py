@@ -258,6 +258,12 @@ def _time_to(reached: Optional[dict], dense_seconds: float) -> str:
           f'({reached["train_seconds"] / dense_seconds:.3f}x)')
 
 
+def _clock_at(run: dict, step, default: float) -> float:
+  """A bench run's training clock at the evaluation of ``step``."""
+  return next((e['train_clock_seconds'] for e in run.get('evals', [])
+               if e['step'] == step), default)
+
+
 def bench_table(bench: dict) -> list[str]:
   """One row per run of an ``experiments.bench_train`` JSON, times as
   ``seconds (fraction of the dense run's training seconds)``, then the
@@ -289,12 +295,10 @@ def bench_table(bench: dict) -> list[str]:
     # The training clock at the first deaths: the evaluation's at that step
     # when there is one (commits up to 65b443b counted the evaluations in
     # a pruning event's clock, not in an evaluation's).
-    at = {e['step']: e['train_clock_seconds'] for e in r.get('evals', [])}
-    dense_seconds_at = at.get(dense_phase.get('step'),
-                              dense_phase.get('train_seconds', float('nan')))
-    dense_run_at = {e['step']: e['train_clock_seconds']
-                    for e in runs['no_prune'].get('evals', [])}.get(
-                        dense_phase.get('step'), float('nan'))
+    step = dense_phase.get('step')
+    dense_seconds_at = _clock_at(r, step, dense_phase.get(
+        'train_seconds', float('nan')))
+    dense_run_at = _clock_at(runs['no_prune'], step, float('nan'))
     lines += ['', f'{name}\'s phases: full width until step '
               f'{dense_phase.get("step", "-")} '
               f'({dense_seconds_at:.1f} s; the dense run there: '
