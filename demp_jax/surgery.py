@@ -58,6 +58,10 @@ class SurgeryError(RuntimeError):
   """The shrunk network does not compute what the masked one computes."""
 
 
+class LeafShapeError(ValueError):
+  """A leaf does not have the shape its unit references describe."""
+
+
 class Shrunk(NamedTuple):
   model: Any
   variables: dict
@@ -96,8 +100,8 @@ def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
       remaps.append(remap)
       continue
     if not -ndim <= ref.axis < ndim:
-      raise ValueError(f'{ref} (group {group.name!r}) does not fit an array '
-                       f'of shape {shape}')
+      raise LeafShapeError(f'{ref} (group {group.name!r}) does not fit an '
+                           f'array of shape {shape}')
     axis = ref.axis % ndim
     length = shape[axis]
     pos = (np.arange(group.size)[:, None] if ref.kind == 'index' else
@@ -105,9 +109,9 @@ def _leaf_plan(entries, keeps: Mapping[str, np.ndarray],
     full = ref.kind == 'index' or (ref.start == 0 and ref.stride is None)
     want = group.size if ref.kind == 'index' else ref.length(group.size)
     if (full and length != want) or (pos.size and pos.max() >= length):
-      raise ValueError(f'{ref} (group {group.name!r}, {group.size} units) '
-                       f'meets an array of shape {shape}; axis {axis} should '
-                       f'have length {want}')
+      raise LeafShapeError(f'{ref} (group {group.name!r}, {group.size} '
+                           f'units) meets an array of shape {shape}; axis '
+                           f'{axis} should have length {want}')
     mine = owned.setdefault(axis, np.zeros(length, bool))
     if mine[pos].any():
       raise ValueError(f'two unit groups index the same positions of axis '
@@ -245,9 +249,7 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
     return optax.tree_map_params(
         tx, lambda x, s: s(x), opt_state, slicers,
         is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
-  except ValueError as e:
-    if 'meets an array of shape' not in str(e):
-      raise
+  except LeafShapeError as e:
     raise ValueError(
         f'optimizer state: {e}. A params-shaped tree of the state holds an '
         'array of another shape (factored second moments, as Adafactor '
