@@ -33,12 +33,15 @@ Channels joined by a residual add form one group with several sites (the
 whole residual stream of a ResNet stage); a unit is dead when it is zero at
 every site.
 
+A depthwise conv (one filter per channel) carries its input's units through;
+a grouped conv ties its channels in groups, so they are skipped.
+
 Constructs it cannot follow are refused with :class:`TopologyError`, naming
-the operation, its source line and the group's parameter: grouped or
-depthwise convs, gathers, scatters and dynamic slices over a unit axis,
-control flow (``scan``, ``while``, ``cond``) and unknown primitives on a
-unit axis, a parameter that meets the data in two operations (weight
-tying, a layer applied twice) or holds one group on two of its axes. Spaces
+the operation, its source line and the group's parameter: gathers,
+scatters and dynamic slices over a unit axis, control flow (``scan``,
+``while``, ``cond``) and unknown primitives on a unit axis, a parameter
+that meets the data in two operations (weight tying, a layer applied
+twice) or holds one group on two of its axes. Spaces
 that are not prunable are skipped and listed in :attr:`Derivation.skipped`
 with the reason. The surgery's probe check stays as the backstop.
 """
@@ -610,19 +613,34 @@ class _Analysis:
     dims = [None] * len(out_shape)
     groups = int(p.get('feature_group_count', 1))
     bgroups = int(p.get('batch_group_count', 1))
-    if groups == 1 and bgroups == 1:
+    channels = e.invars[0].shape[lhs_spec[1]]
+    out_channels = rhs.dims[rhs_spec[0]]
+    # a depthwise conv: one filter per input channel. Narrowed to one unit
+    # it is a 1-to-1 conv, told apart by the group's unit axes: its input
+    # and the kernel's output axis carry units, the kernel's input axis not
+    one_in = e.invars[1].shape[rhs_spec[1]] == 1
+    depthwise = (bgroups == 1 and groups == channels and one_in and
+                 e.invars[1].shape[rhs_spec[0]] == channels and (
+                     channels > 1 or (
+                         self.s.is_kept(lhs.dims[lhs_spec[1]]) and
+                         self.s.is_kept(out_channels) and
+                         not self.s.is_kept(rhs.dims[rhs_spec[1]]))))
+    if depthwise:
+      # channel c of the output reads channel c of the input only (a
+      # depthwise conv with one filter per channel): one space through it,
+      # the kernel's output axis indexed like a per-channel scale
+      self.s.union(lhs.dims[lhs_spec[1]], out_channels)
+    elif groups == 1 and bgroups == 1:
       self.s.union(lhs.dims[lhs_spec[1]], rhs.dims[rhs_spec[1]])
     else:
-      kernel = self._leaf_names(rhs)
-      msg = (f'conv_general_dilated with feature_group_count={groups}'
-             f'{f" and batch_group_count={bgroups}" if bgroups != 1 else ""}'
-             f' (a grouped or depthwise conv) at {e.where}, kernel '
-             f'{kernel}')
-      for d in (lhs.dims[lhs_spec[1]], rhs.dims[rhs_spec[0]],
-                rhs.dims[rhs_spec[1]]):
-        self.s.hazard(d, msg)
+      msg = (f'a grouped conv (feature_group_count={groups}'
+             f'{f", batch_group_count={bgroups}" if bgroups != 1 else ""})'
+             f' at {e.where}, kernel {self._leaf_names(rhs)}, ties its '
+             'channels in groups')
+      for d in (lhs.dims[lhs_spec[1]], rhs.dims[rhs_spec[1]], out_channels):
+        self.s.freeze(d, msg)
     dims[out_spec[0]] = lhs.dims[lhs_spec[0]]
-    dims[out_spec[1]] = rhs.dims[rhs_spec[0]]
+    dims[out_spec[1]] = out_channels
     for a in range(len(out_shape)):
       if dims[a] is None:
         dims[a] = self.s.new(out_shape[a])

@@ -79,11 +79,38 @@ def sizes_from_params(next_fun, args, kwargs, context):
       and m.scope is not None and m.has_variable('params', 'kernel')):
     shape = np.shape(m.get_variable('params', 'kernel'))
     if isinstance(m.features, int):
+      if _depthwise(m.features, m.feature_group_count if isinstance(
+          m, nn.Conv) else 1, shape):
+        object.__setattr__(m, 'feature_group_count', int(shape[-1]))
       object.__setattr__(m, 'features', int(shape[-1]))
     else:
       k = len(tuple(m.features))
       object.__setattr__(m, 'features', tuple(int(s) for s in shape[-k:]))
   return next_fun(*args, **kwargs)
+
+
+def _layout(group: topo.UnitGroup) -> frozenset:
+  """What of a group's references does not depend on its width."""
+  return frozenset((role, r.key, r.axis, r.tile, r.inner, r.kind)
+                   for role, refs in (('p', group.produces),
+                                      ('c', group.consumes)) for r in refs)
+
+
+def _describe(new: Optional[topo.UnitGroup], width: int,
+              old: topo.UnitGroup) -> str:
+  if new is None:
+    return 'no longer a unit group'
+  r, q = old.produces[0], new.produces[0]
+  return (f'{r} reads as {new.size} units of {q.inner} entries, not {width} '
+          f'of {r.inner}')
+
+
+def _depthwise(features: int, groups: int, kernel_shape: Sequence[int]
+               ) -> bool:
+  """A conv with one filter per input channel (``features`` equal to
+  ``feature_group_count``, one input channel per group): its channels are
+  its input's units, so its group count follows their number."""
+  return groups > 1 and features == groups and kernel_shape[-2] == 1
 
 
 def _momentum_zero(next_fun, args, kwargs, context):
@@ -229,9 +256,11 @@ class Net:
     return dataclasses.replace(self, topology=d.topology, skipped=skipped)
 
   def _drop_fixed_widths(self) -> 'Net':
-    """Leaves out the groups whose width the model code fixes: tracing it
-    with that group one unit narrower fails."""
-    def runs(groups) -> Optional[str]:
+    """Leaves out the groups whose width the model code fixes: traced with
+    that group one unit narrower, the model fails, or lays the group out
+    differently (a count fixed in the code, such as GroupNorm's
+    ``num_groups``, regroups the remaining channels)."""
+    def fixed(groups) -> Optional[str]:
       widths = {g.name: g.size - 1 for g in groups if g.size > 1}
       if not widths:
         return None
@@ -239,22 +268,31 @@ class Net:
         smaller = self.at_widths(widths, rederive=False)
         jax.eval_shape(smaller._eval_fn, smaller.abstract_variables(),
                        smaller._abstract_input())
+        smaller = smaller._with_topology()
       except Exception as e:  # pylint: disable=broad-except
-        return f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+        return (f'the model does not run with them narrower ({type(e).__name__}'
+                f': {str(e).splitlines()[0][:300]})')
+      now = {g.name: g for g in smaller.topology.groups}
+      for name, width in widths.items():
+        old = self.topology.group(name)
+        new = now.get(name)
+        if new is None or new.size != width or _layout(new) != _layout(old):
+          return (f'narrowed from {old.size} to {width} units, the model '
+                  f'lays them out differently ({_describe(new, width, old)}'
+                  ', as a GroupNorm\'s num_groups does)')
       return None
 
     groups = self.topology.groups
-    if runs(groups) is None:
+    if fixed(groups) is None:
       return self
     keep, skipped = [], list(self.skipped)
     for g in groups:
-      err = runs([g])
-      if err is None:
+      why = fixed([g])
+      if why is None:
         keep.append(g)
       else:
         skipped.append((f'the units produced by {g.name}', (
-            f'the model does not run with them narrower ({err}); its code '
-            'fixes that width',)))
+            f'{why}; its code fixes that width',)))
     return dataclasses.replace(self, topology=topo.UnitTopology(tuple(keep)),
                                skipped=tuple(skipped))
 
@@ -594,7 +632,11 @@ def set_nnx_sizes(module: Any) -> Any:
     if isinstance(m, (nnx.Linear, nnx.Conv, nnx.ConvTranspose)) and (
         kernel is not None):
       shape = _value_shape(kernel)
-      object.__setattr__(m, 'in_features', int(shape[-2]))
+      groups = getattr(m, 'feature_group_count', 1)
+      if _depthwise(m.out_features, groups, shape):
+        groups = int(shape[-1])
+        object.__setattr__(m, 'feature_group_count', groups)
+      object.__setattr__(m, 'in_features', int(shape[-2]) * groups)
       object.__setattr__(m, 'out_features', int(shape[-1]))
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm,
                         nnx.GroupNorm)):

@@ -206,12 +206,29 @@ def test_a_parameter_only_an_unknown_op_reads_is_named_not_dropped():
   assert any('params/k' in what for what, _ in net.skipped), net.skipped
 
 
-class _Depthwise(nn.Module):
+class _Grouped(nn.Module):
+  """A grouped conv and a depthwise conv with a channel multiplier."""
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.relu(nn.Conv(8, (3, 3))(x))
-    x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=8)(x))
+    x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=4)(x))
+    x = nn.relu(nn.Conv(16, (3, 3), feature_group_count=8)(x))
+    x = nn.relu(nn.Conv(6, (1, 1))(x))
     return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+
+def test_grouped_convs_keep_their_channels_and_the_rest_prunes():
+  """The channels a grouped conv (or a depthwise conv with a multiplier)
+  reads or writes are tied in groups: skipped with the conv named, while
+  the layers around them still prune."""
+  net, _ = Net.create(_Grouped(), (6, 6, 3))
+  assert net.topology.names == ('Conv_3',)
+  reasons = dict(net.skipped)
+  for conv, groups in (('Conv_0', 4), ('Conv_1', 4), ('Conv_2', 8)):
+    why = reasons[f'the units produced by params/{conv}/kernel']
+    assert any(f'feature_group_count={groups}' in r and 'test_derive.py' in r
+               for r in why), why
 
 
 class _Tied(nn.Module):
@@ -246,8 +263,6 @@ class _Scan(nn.Module):
 
 
 @pytest.mark.parametrize('model, words', [
-    (_Depthwise(), ('feature_group_count=8', 'params/Conv_1/kernel',
-                    'test_derive.py')),
     (_Tied(), ('weight tying', 'params/Dense_1/',
                'meets the data in 2 operations')),
     (_Symmetric(), ('params/k', 'on 2 of its axes', 'transpose')),
@@ -261,15 +276,16 @@ def test_refuses_what_it_cannot_follow_by_name(model, words):
     assert w in str(e.value)
 
 
-@pytest.mark.parametrize('case', sorted(CASES) + ['concat', 'nchw'])
+@pytest.mark.parametrize('case', sorted(CASES) + ['concat', 'nchw',
+                                                  'depthwise'])
 def test_a_group_narrowed_to_one_unit_stays_a_group(case):
   """At width 1 a unit axis looks like a broadcast; the topology before the
   shrink tells the derivation it is not."""
   if case in CASES:
     make, shape, _ = CASES[case]
   else:
-    make, shape = {'concat': um.ConcatNet,
-                   'nchw': um.ChannelsFirstCNN}[case], um.IMAGE
+    make, shape = {'concat': um.ConcatNet, 'nchw': um.ChannelsFirstCNN,
+                   'depthwise': um.InvertedResidual}[case], um.IMAGE
   net, variables = Net.create(make(), shape)
   for g in net.topology.groups:
     small = net.at_widths({g.name: 1})

@@ -178,6 +178,32 @@ class WeightNormMLP(nn.Module):
     return nn.Dense(5)(x)
 
 
+class InvertedResidual(nn.Module):
+  """A MobileNetV2 block: 1x1 expansion, 3x3 depthwise conv, linear 1x1
+  projection, identity shortcut."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = lambda: nn.BatchNorm(use_running_average=not train)
+    x = nn.relu(bn()(nn.Conv(8, (3, 3), use_bias=False)(x)))
+    h = nn.relu6(bn()(nn.Conv(16, (1, 1), use_bias=False)(x)))
+    h = nn.Conv(16, (3, 3), feature_group_count=16, use_bias=False)(h)
+    h = nn.relu6(bn()(h))
+    x = x + bn()(nn.Conv(8, (1, 1), use_bias=False)(h))
+    return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+
+class GroupNormCNN(nn.Module):
+  """GroupNorm with a fixed ``num_groups``: its channels are not units."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.GroupNorm(num_groups=4)(nn.Conv(16, (3, 3))(x)))
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+
 # ----------------------------------------------------------------------- NNX
 
 
@@ -283,6 +309,40 @@ class NTokenMLPBlock(nnx.Module):
     return self.head(self.ln_f(x).mean(axis=1))
 
 
+class NInvertedResidual(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.stem = nnx.Conv(3, 8, (3, 3), use_bias=False, rngs=rngs)
+    self.expand = nnx.Conv(8, 16, (1, 1), use_bias=False, rngs=rngs)
+    self.dw = nnx.Conv(16, 16, (3, 3), feature_group_count=16,
+                       use_bias=False, rngs=rngs)
+    self.project = nnx.Conv(16, 8, (1, 1), use_bias=False, rngs=rngs)
+    self.bns = nnx.List([nnx.BatchNorm(c, rngs=rngs) for c in (8, 16, 16, 8)])
+    self.head = nnx.Linear(8, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bns[0](self.stem(x)))
+    h = nnx.relu6(self.bns[1](self.expand(x)))
+    h = nnx.relu6(self.bns[2](self.dw(h)))
+    x = x + self.bns[3](self.project(h))
+    return self.head(x.mean(axis=(1, 2)))
+
+
+class NGroupNormCNN(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+    self.gn = nnx.GroupNorm(16, num_groups=4, rngs=rngs)
+    self.conv2 = nnx.Conv(16, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.gn(self.conv1(x)))
+    x = nnx.relu(self.bn(self.conv2(x)))
+    return self.head(x.mean(axis=(1, 2)))
+
+
 # ------------------------------------------------------------------ registry
 
 IMAGE = (8, 8, 3)
@@ -297,13 +357,16 @@ FAMILIES = {
     'token_mlp': (TokenMLPBlock, lambda: NTokenMLPBlock(nnx.Rngs(0)), IMAGE),
     'remat_mlp': (RematMLP, lambda: NRematMLP(nnx.Rngs(0)), (4, 4, 3)),
     'weight_norm': (WeightNormMLP, None, (4, 4, 3)),
+    'depthwise': (InvertedResidual, lambda: NInvertedResidual(nnx.Rngs(0)),
+                  IMAGE),
+    'group_norm': (GroupNormCNN, lambda: NGroupNormCNN(nnx.Rngs(0)), IMAGE),
 }
 
 # The unit groups each family must have (by the module that produces them).
 EXPECTED_GROUPS = {
     'seq_mlp': 3, 'flatten_cnn': 3, 'channels_first_cnn': 2, 'residual': 5,
     'concat': 5, 'gated_mlp': 1, 'token_mlp': 2, 'concat_nnx': 3,
-    'remat_mlp': 2, 'weight_norm': 2,
+    'remat_mlp': 2, 'weight_norm': 2, 'depthwise': 2, 'group_norm': 1,
 }
 
 
