@@ -137,6 +137,19 @@ def jpeg_bytes(image: np.ndarray, quality: int = 95, mode: str = 'RGB'
   return buf.getvalue()
 
 
+def png_records(images: np.ndarray, labels: np.ndarray) -> list:
+  """``[{'image': PNG bytes, 'label': int}]`` of uint8 ``images [N, H, W,
+  C]`` (lossless: they decode to ``images``)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = []
+  for image, label in zip(images, labels):
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+        buf, format='PNG')
+    out.append({'image': buf.getvalue(), 'label': int(label)})
+  return out
+
+
 def jpeg_records(n: int, seed: int = 0, min_side: int = 40,
                  max_side: int = 120, num_classes: int = 1000) -> list:
   """``[{'image': JPEG bytes, 'label': int}]`` of random sizes."""
@@ -149,38 +162,46 @@ def jpeg_records(n: int, seed: int = 0, min_side: int = 40,
   return out
 
 
-def prepare_fake_imagenet(data_dir: str, train: list, validation: list
-                          ) -> str:
-  """Writes a prepared ``imagenet2012`` (version 5.1.0, array_record) tfds
-  directory under ``data_dir`` from ``jpeg_records``-style lists, without
-  TensorFlow; ``tfds.data_source('imagenet2012', data_dir=data_dir,
-  download=False)`` then reads it with the real builder."""
+def prepare_tfds(data_dir: str, name: str, version: str, features: dict,
+                 splits: dict[str, list]) -> str:
+  """Writes a prepared tfds directory ``data_dir/name/version`` (the
+  array_record format) with ``features`` (a ``tfds.features`` dict) and
+  the records of each split, without TensorFlow or the network; returns
+  the version directory. ``tfds.data_source(name, data_dir=data_dir,
+  download=False)`` then reads it as the real dataset."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  class FakeImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    name = 'imagenet2012'
-    VERSION = tfds.core.Version('5.1.0')
+  class Fake(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version(version)
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(encoding_format='jpeg'),
-              'label': tfds.features.ClassLabel(num_classes=1000),
-              'file_name': tfds.features.Text()}),
-          supervised_keys=('image', 'label'))
+          builder=self, features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {'train': self._generate_examples(train),
-              'validation': self._generate_examples(validation)}
+      return {k: self._generate_examples(v) for k, v in splits.items()}
 
     def _generate_examples(self, records):
-      for i, r in enumerate(records):
-        yield i, {'image': r['image'], 'label': r['label'],
-                  'file_name': f'n{i:08d}.JPEG'}
+      yield from enumerate(records)
 
-  builder = FakeImagenet(data_dir=data_dir, file_format='array_record')
+  Fake.name = name
+  builder = Fake(data_dir=data_dir, file_format='array_record')
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       try_download_gcs=False))
-  return os.path.join(data_dir, 'imagenet2012', '5.1.0')
+  return os.path.join(data_dir, name, version)
+
+
+def prepare_fake_imagenet(data_dir: str, train: list, validation: list
+                          ) -> str:
+  """A prepared ``imagenet2012`` (version 5.1.0) from
+  ``jpeg_records``-style lists (:func:`prepare_tfds`)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  named = lambda records: [dict(r, file_name=f'n{i:08d}.JPEG')
+                           for i, r in enumerate(records)]
+  return prepare_tfds(
+      data_dir, 'imagenet2012', '5.1.0',
+      {'image': tfds.features.Image(encoding_format='jpeg'),
+       'label': tfds.features.ClassLabel(num_classes=1000),
+       'file_name': tfds.features.Text()},
+      {'train': named(train), 'validation': named(validation)})

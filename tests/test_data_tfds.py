@@ -186,3 +186,88 @@ def test_read_errors_name_the_split_the_file_and_the_record(prepared,
                      rf"records \[0, 1, 2, 3\] \(in \['{TRAIN}'\]\): "
                      'RuntimeError: Corrupted'):
     splits.train.get(np.arange(4))
+
+
+# ------------------------------------------- any tfds dataset (tfds:NAME)
+
+
+@pytest.fixture(scope='module')
+def kmnist(tmp_path_factory):
+  """A real array_record ``kmnist`` data_dir (48 train, 16 test images of
+  28x28x1, 10 classes): the images and the directory."""
+  from data_formats import png_records, prepare_tfds  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  images = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 64)
+  root = tmp_path_factory.mktemp('kmnist')
+  prepare_tfds(str(root), 'kmnist', '3.0.1',
+               {'image': tfds.features.Image(shape=(28, 28, 1)),
+                'label': tfds.features.ClassLabel(num_classes=10)},
+               {'train': png_records(images[:48], labels[:48]),
+                'test': png_records(images[48:], labels[48:])})
+  return images, str(root)
+
+
+def _rows(images):
+  return sorted(im.tobytes() for im in images)
+
+
+def test_any_tfds_dataset_by_name(kmnist):
+  images, root = kmnist
+  s = load_dataset({'name': 'tfds:kmnist', 'data_dir': root, 'holdout': 8})
+  assert (len(s.train), len(s.holdout), len(s.test)) == (40, 8, 16)
+  assert s.num_classes == 10  # the label feature's, not the labels seen
+  assert _rows(np.concatenate([s.train.images, s.holdout.images])) == _rows(
+      images[:48])
+  assert _rows(s.test.images) == _rows(images[48:])
+  # normalised with the training images' own statistics (not all 64)
+  pixels = images[:48].astype(np.float64) / 255
+  np.testing.assert_allclose(s.mean, [pixels.mean()], rtol=1e-9)
+  np.testing.assert_allclose(s.std, [pixels.std()], rtol=1e-9)
+  given = load_dataset({'name': 'tfds:kmnist', 'data_dir': root,
+                        'mean': (0.5,), 'std': (0.25,)})
+  assert (given.mean, given.std) == ((0.5,), (0.25,))
+  raw = load_dataset({'name': 'tfds:kmnist', 'data_dir': root,
+                      'normalize': False})
+  assert (raw.mean, raw.std) == ((0.0,), (1.0,))
+
+
+def test_tfds_split_strings_choose_the_splits(kmnist):
+  images, root = kmnist
+  s = load_dataset({'name': 'tfds:kmnist', 'data_dir': root,
+                    'train_split': 'train[:75%]', 'test_split': 'train[75%:]'})
+  assert (len(s.train), len(s.test)) == (36, 12)
+  assert _rows(np.concatenate([s.train.images, s.test.images])) == _rows(
+      images[:48])
+  with pytest.raises(ValueError, match=r"has no split 'validation'; it has "
+                     r"\['test', 'train'\].*test_split"):
+    load_dataset({'name': 'tfds:kmnist', 'data_dir': root,
+                  'test_split': 'validation'})
+  with pytest.raises(ValueError, match="no 'digit' feature; they have "
+                     r"\['image', 'label'\]"):
+    load_dataset({'name': 'tfds:kmnist', 'data_dir': root,
+                  'label_key': 'digit'})
+
+
+def test_tfds_names_are_checked_before_any_file_is_read(tmp_path):
+  from demp_jax.training import validate  # pylint: disable=g-import-not-at-top
+  from configs import fashion_mnist_demp  # pylint: disable=g-import-not-at-top
+  config = fashion_mnist_demp.get_config('tiny')
+  config.dataset.name = 'tfds:kmnist'
+  config.dataset.test_split = 'train[90%:]'
+  validate.validate_config(config)
+  for name, words in (('kmnist', 'tfds:NAME'), ('tfds:', 'tfds:NAME')):
+    config.dataset.name = name
+    with pytest.raises(validate.ConfigError, match=words):
+      validate.validate_config(config)
+  with pytest.raises(ValueError, match=r"unknown key\(s\) \['image_size'\] "
+                     "for dataset 'tfds:kmnist'"):
+    load_dataset({'name': 'tfds:kmnist', 'image_size': 32})
+  with pytest.raises(FileNotFoundError, match='tfds build svhn_cropped'):
+    load_dataset({'name': 'tfds:svhn_cropped', 'data_dir': str(tmp_path)})
+
+
+def test_tfds_classes_come_from_the_dataset_info():
+  with tfds.testing.mock_data(num_examples=24):
+    s = load_dataset({'name': 'tfds:emnist/letters'})
+  assert s.num_classes == 37 and s.train.images.shape == (24, 28, 28, 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Optional
 
+import numpy as np
+
 from demp_jax.data.arrays import (ArrayDataset, Source, Subset, eval_batches,
                                   held_batches, prefetch, split, take,
                                   train_batches)
@@ -39,6 +41,13 @@ DATASETS = {
     'synthetic': (('auto',), None),
 }
 
+# Any other image classification dataset of tensorflow-datasets, by name:
+# ``'tfds:svhn_cropped'``, ``'tfds:emnist/letters'`` (read whole into host
+# memory; its classes from the dataset's info, its normalisation measured
+# on its training images unless the config gives mean and std).
+TFDS_PREFIX = 'tfds:'
+_TFDS_SOURCES = ('auto', 'tfds')
+
 _COMMON_KEYS = ('name', 'source', 'data_dir', 'train_subset', 'test_subset',
                 'holdout', 'augment', 'normalize', 'mean', 'std')
 _EXTRA_KEYS = {
@@ -46,6 +55,7 @@ _EXTRA_KEYS = {
     'cifar100': ('label_mode',),
     'imagenet2012': ('image_size', 'resize_sizes', 'eval_resize', 'crop',
                      'num_threads', 'seed', 'draft'),
+    TFDS_PREFIX: ('train_split', 'test_split', 'label_key'),
     'synthetic': ('image_shape', 'num_classes', 'train_size', 'test_size',
                   'signal', 'grid', 'seed'),
 }
@@ -76,7 +86,13 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
 
   Keys of ``config`` (``config.dataset`` of a training config):
 
-  * ``name``: one of :data:`DATASETS`.
+  * ``name``: one of :data:`DATASETS`, or ``'tfds:NAME'`` for any image
+    classification dataset prepared for tensorflow-datasets (records with
+    an ``image`` and a class label).
+  * ``train_split`` / ``test_split`` (``tfds:`` only): tfds split strings
+    (``'train'``, ``'test'``; e.g. ``'train[:90%]'``, ``'train[90%:]'`` for
+    a dataset without a test split); ``label_key``: the label feature
+    (``'label'``).
   * ``source``: where to read it; ``'auto'`` (default) picks the first that
     exists. ``'idx'``: IDX files in ``data_dir`` ((Fashion-)MNIST; Debian's
     ``dataset-fashion-mnist`` by default); ``'archive'``: the official CIFAR
@@ -101,10 +117,10 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
   check_config(config)
   cfg = dict(config)
   name = cfg['name']
-  sources, num_classes = DATASETS[name]
+  num_classes = DATASETS[name][1] if name in DATASETS else None
   source = cfg.get('source') or 'auto'
   data_dir = cfg.get('data_dir') or None
-  train_eval = None
+  train_eval = measured = None
   if name in ('fashion_mnist', 'mnist'):
     from demp_jax.data import fashion_mnist
     kwargs = dict(data_dir=data_dir, source=source, name=name)
@@ -118,6 +134,15 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
   elif name == 'imagenet2012':
     train, test = _load_imagenet(cfg, data_dir)
     train_eval = train.eval_view()
+  elif name.startswith(TFDS_PREFIX):
+    from demp_jax.data import tfds_source
+    train, test, num_classes = tfds_source.load_classification(
+        name[len(TFDS_PREFIX):], data_dir,
+        cfg.get('train_split') or 'train', cfg.get('test_split') or 'test',
+        cfg.get('label_key') or 'label')
+    if cfg.get('normalize', True) and not (cfg.get('mean') and
+                                           cfg.get('std')):
+      measured = pixel_statistics(train.images)
   else:
     from demp_jax.data import synthetic
     shape = tuple(int(s) for s in (cfg.get('image_shape') or (32, 32, 3)))
@@ -146,8 +171,8 @@ def load_dataset(config: Mapping[str, Any]) -> Splits:
     train, holdout = split(train, n)
     if train_eval is not None:
       train_eval, holdout = split(train_eval, n)  # un-augmented held-out
-  channels = int(train.example_shape[-1])
-  mean, std = _normalization(name, cfg, channels)
+  mean, std = _normalization(name, cfg, int(train.example_shape[-1]),
+                             measured)
   return Splits(train, test, int(num_classes), mean, std, cfg.get('augment'),
                 holdout, train_eval)
 
@@ -159,15 +184,19 @@ def check_config(config: Mapping[str, Any]) -> None:
   naming the key."""
   cfg = dict(config)
   name = cfg.get('name')
-  if name not in DATASETS:
+  generic = is_tfds_name(name)
+  if name not in DATASETS and not generic:
     raise ValueError(f'config.dataset.name={name!r} is not a known dataset; '
-                     f'known: {sorted(DATASETS)}')
-  allowed = set(_COMMON_KEYS) | set(_EXTRA_KEYS.get(name, ()))
+                     f'known: {sorted(DATASETS)}, or {TFDS_PREFIX}NAME for '
+                     'any tensorflow-datasets image classification dataset '
+                     f"(e.g. '{TFDS_PREFIX}svhn_cropped')")
+  kind = TFDS_PREFIX if generic else name
+  allowed = set(_COMMON_KEYS) | set(_EXTRA_KEYS.get(kind, ()))
   unknown = sorted(set(cfg) - allowed)
   if unknown:
     raise ValueError(f'config.dataset has unknown key(s) {unknown} for '
                      f'dataset {name!r}; valid keys: {sorted(allowed)}')
-  sources = DATASETS[name][0]
+  sources = _TFDS_SOURCES if generic else DATASETS[name][0]
   source = cfg.get('source') or 'auto'
   if source not in sources:
     raise ValueError(f'config.dataset.source={source!r} is not valid for '
@@ -198,11 +227,19 @@ def train_examples(config: Mapping[str, Any]) -> Optional[int]:
   return min(known) - int(cfg.get('holdout') or 0) if known else None
 
 
-def _normalization(name: str, cfg: Mapping[str, Any], channels: int):
+def is_tfds_name(name: Any) -> bool:
+  """``name`` is ``'tfds:NAME'`` (a tensorflow-datasets dataset)."""
+  return (isinstance(name, str) and name.startswith(TFDS_PREFIX) and
+          len(name) > len(TFDS_PREFIX))
+
+
+def _normalization(name: str, cfg: Mapping[str, Any], channels: int,
+                   measured: Optional[tuple] = None):
+  """``(mean, std)`` per channel: the config's, else the dataset's known
+  ones or those ``measured`` on its training images, else 0 and 1."""
+  mean, std = (0.0,), (1.0,)
   if cfg.get('normalize', True):
-    mean, std = NORMALIZATION[name]
-  else:
-    mean, std = (0.0,), (1.0,)
+    mean, std = NORMALIZATION.get(name) or measured or (mean, std)
   mean = tuple(float(m) for m in (cfg.get('mean') or mean))
   std = tuple(float(s) for s in (cfg.get('std') or std))
   out = []
@@ -216,6 +253,22 @@ def _normalization(name: str, cfg: Mapping[str, Any], channels: int):
   if min(out[1]) <= 0:
     raise ValueError(f'config.dataset.std must be positive, got {out[1]}')
   return out[0], out[1]
+
+
+def pixel_statistics(images: np.ndarray, chunk: int = 4096
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and standard deviation of uint8 ``images [N, H, W,
+  C]`` scaled to [0, 1], in float64 over chunks of ``chunk`` images."""
+  c = images.shape[-1]
+  total, squares, count = np.zeros(c), np.zeros(c), 0
+  for i in range(0, len(images), chunk):
+    x = images[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
+    total += x.sum(0)
+    squares += (x * x).sum(0)
+    count += x.shape[0]
+  mean = total / max(count, 1)
+  std = np.sqrt(np.maximum(squares / max(count, 1) - mean * mean, 0.0))
+  return tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist())
 
 
 def _load_cifar(name: str, source: str, data_dir: Optional[str],

@@ -105,6 +105,14 @@ def data_source(name: str, data_dir: Optional[str], split: str,
   try:
     src = tfds.data_source(name, **kwargs)
   except Exception as e:  # tfds raises several types for a missing dataset
+    known = _split_names(tfds, name, data_dir)
+    missing = [b for b in _base_splits(kwargs['split']) if b not in known]
+    if known and missing:
+      raise ValueError(
+          f'tfds dataset {name!r} in {data_dir or default_data_dir()!r} has '
+          f'no split {missing[0]!r}; it has {sorted(known)} (for tfds:NAME '
+          'datasets config.dataset.train_split / test_split choose them, '
+          "e.g. 'train[:90%]' and 'train[90%:]')") from None
     raise FileNotFoundError(prepare_hint(name, data_dir) +
                             f' (tfds said: {type(e).__name__}: {e})') from e
   shards = check_shards(src, name, kwargs['split'])
@@ -118,6 +126,21 @@ def data_source(name: str, data_dir: Optional[str], split: str,
     except Exception:  # pylint: disable=broad-except
       pass  # decoded records; ImageNetSource accepts arrays as well
   return CheckedSource(src, shards)
+
+
+def _base_splits(split: str) -> list[str]:
+  """The named splits a tfds split string reads (``'train[:90%]+test'`` ->
+  ``['train', 'test']``)."""
+  return [part.split('[')[0].strip() for part in split.split('+')]
+
+
+def _split_names(tfds, name: str, data_dir: Optional[str]) -> set[str]:
+  """The splits of ``name`` prepared in ``data_dir`` (empty when it is not
+  prepared there)."""
+  try:
+    return set(tfds.builder(name, data_dir=data_dir).info.splits)
+  except Exception:  # pylint: disable=broad-except
+    return set()
 
 
 def check_info_files(name: str, data_dir: str) -> None:
@@ -159,16 +182,20 @@ def check_shards(src, name: str, split: str) -> Shards:
   """Checks that every array_record shard of ``split`` exists and holds
   the number of records ``dataset_info.json`` gives it (a cheap read of
   each file's footer: a truncated or replaced file shows up here, not
-  mid-run); ``ValueError`` naming the file."""
+  mid-run); ``ValueError`` naming the file. A sliced or combined split
+  (``'train[:90%]'``, ``'train+test'``) checks the files of the splits it
+  reads; its records are then not mapped to files."""
+  bases = _base_splits(split)
   try:
-    info = src.dataset_info.splits[split]
-    paths = tuple(os.fspath(p) for p in info.filepaths)
-    lengths = tuple(int(n) for n in info.shard_lengths)
+    infos = [src.dataset_info.splits[b] for b in bases]
+    paths = tuple(os.fspath(p) for i in infos for p in i.filepaths)
+    lengths = tuple(int(n) for i in infos for n in i.shard_lengths)
   except Exception:  # pylint: disable=broad-except
     return Shards(f'tfds dataset {name!r} split {split!r}')  # mock_data
   where = (f'tfds dataset {name!r} split {split!r} in '
            f'{os.path.dirname(paths[0]) if paths else "?"}')
-  shards = Shards(where, paths, lengths)
+  shards = Shards(where, paths, lengths) if bases == [split] else Shards(
+      where)
   if not paths or not os.path.isdir(os.path.dirname(paths[0])):
     return shards
   try:
@@ -268,3 +295,30 @@ def load_arrays(name: str, data_dir: Optional[str], split: str,
     images = images[..., None]
   labels = np.asarray([r[label_key] for r in records], np.int32)
   return ArrayDataset(images, labels)
+
+
+def load_classification(name: str, data_dir: Optional[str], train_split: str,
+                        test_split: str, label_key: str = 'label'
+                        ) -> tuple[ArrayDataset, ArrayDataset, int]:
+  """``(train, test, number of classes)`` of any prepared image
+  classification dataset: both splits read whole (:func:`load_arrays`);
+  the classes from the label feature of the dataset's info, else from the
+  labels seen."""
+  train = load_arrays(name, data_dir, train_split, label_key)
+  test = load_arrays(name, data_dir, test_split, label_key)
+  if train.example_shape != test.example_shape:
+    raise ValueError(f'tfds dataset {name!r}: split {train_split!r} has '
+                     f'images {train.example_shape}, split {test_split!r} '
+                     f'{test.example_shape}')
+  try:
+    info = data_source(name, data_dir, train_split).source.dataset_info
+    classes = int(info.features[label_key].num_classes)
+  except Exception:  # pylint: disable=broad-except
+    classes = 0  # not a ClassLabel: count the labels seen
+  low = int(min(train.labels.min(), test.labels.min()))
+  seen = int(max(train.labels.max(), test.labels.max())) + 1
+  if low < 0 or (classes and seen > classes):
+    raise ValueError(f'tfds dataset {name!r}: {label_key!r} holds labels in '
+                     f'[{low}, {seen - 1}], not class indices in [0, '
+                     f'{classes or seen})')
+  return train, test, classes or seen

@@ -114,6 +114,18 @@ _MODELS = registry('demp_jax.models', 'MODELS')
 _ALGORITHMS = registry('demp_jax.algorithms', 'ALGORITHM_REGISTRY')
 
 
+def _dataset_name() -> Allowed:
+  """A known dataset, or ``tfds:NAME`` (any tfds image classification
+  dataset)."""
+  known = registry('demp_jax.data', 'DATASETS')
+  generic = registry('demp_jax.data', 'is_tfds_name')
+  return Allowed(
+      lambda v: isinstance(v, str) and (v in known() or generic()(v)),
+      lambda: (f'a known dataset (one of {sorted(known())}) or tfds:NAME '
+               '(a prepared tensorflow-datasets image classification '
+               'dataset)'), known)
+
+
 def _model_name() -> Allowed:
   """A built-in model, or ``package.module:factory`` (a user's model)."""
   return Allowed(
@@ -153,8 +165,10 @@ RULES: dict[str, Allowed] = {
     'distributed.coordinator_address': TEXT,
     'distributed.auto': FLAG,
     # data (sources and dataset-specific keys: demp_jax.data.check_config)
-    'dataset.name': one_of(registry('demp_jax.data', 'DATASETS'),
-                           'a known dataset'),
+    'dataset.name': _dataset_name(),
+    'dataset.train_split': TEXT,
+    'dataset.test_split': TEXT,
+    'dataset.label_key': TEXT,
     'dataset.data_dir': TEXT,
     'dataset.train_subset': _COUNT0,
     'dataset.test_subset': _COUNT0,
