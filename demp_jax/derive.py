@@ -51,6 +51,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 from demp_jax import program as prog
@@ -747,7 +748,7 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
     for v in e.outvars:
       info = an.info.get(v.id)
       if (info is None or not info.act or not v.shape or
-          not np.issubdtype(v.dtype, np.floating)):
+          not jnp.issubdtype(v.dtype, jnp.floating)):  # bfloat16 too
         continue
       readers = an.users.get(v.id, [])
       if v.id in outputs or any(u.name not in ELEMENTWISE for u in readers):

@@ -231,6 +231,29 @@ def test_grouped_convs_keep_their_channels_and_the_rest_prunes():
                for r in why), why
 
 
+class _HalfPrecision(nn.Module):
+  """Mixed precision as on a TPU: bfloat16 compute, float32 parameters."""
+  dtype: object = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dense(32, dtype=self.dtype)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train,
+                             dtype=self.dtype)(x))
+    x = nn.relu(nn.Dense(16, dtype=self.dtype)(x))
+    return nn.Dense(5)(x).astype(jnp.float32)
+
+
+def test_bfloat16_activations_are_unit_sites():
+  """numpy does not count bfloat16 as a float: its sites used to be dropped
+  and the layer left out without a word."""
+  full, _ = Net.create(_HalfPrecision(dtype=jnp.float32), (4, 4, 3))
+  half, _ = Net.create(_HalfPrecision(), (4, 4, 3))
+  assert half.topology.names == full.topology.names == ('Dense_0', 'Dense_1')
+  assert half.topology == full.topology
+
+
 class _Tied(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
