@@ -36,14 +36,16 @@ every site.
 A depthwise conv (one filter per channel) carries its input's units through;
 a grouped conv ties its channels in groups, so they are skipped.
 
-Constructs it cannot follow are refused with :class:`TopologyError`, naming
-the operation, its source line and the group's parameter: gathers,
-scatters and dynamic slices over a unit axis, control flow (``scan``,
-``while``, ``cond``) and unknown primitives on a unit axis, a parameter
-that meets the data in two operations (weight tying, a layer applied
-twice) or holds one group on two of its axes. Spaces
-that are not prunable are skipped and listed in :attr:`Derivation.skipped`
-with the reason. The surgery's probe check stays as the backstop.
+Groups it cannot follow are left out, with the reason in
+:attr:`Derivation.skipped` (naming the operation, its source line and the
+parameter), while the rest of the model prunes: gathers, scatters and
+dynamic slices over a unit axis, control flow (``scan``, ``while``,
+``cond``) and unknown primitives on a unit axis, a parameter that meets the
+data in two operations (weight tying, a layer applied twice) or holds one
+group on two of its axes. So are spaces that are not prunable (a norm
+over the units, the network's input or output, a constant of the model
+code). :class:`TopologyError` is left for a unit layout it cannot describe.
+The surgery's probe check stays as the backstop.
 """
 from __future__ import annotations
 
@@ -340,6 +342,22 @@ class _Analysis:
         dims.append(self.s.new(n))
         amap.append(None)
     self.view(e, tuple(dims), amap)
+
+  def op_tile(self, e):
+    # jnp.tile: an axis repeated from size 1 is a broadcast; a longer one
+    # repeats its units (not followed: that space is not prunable)
+    src = self.get(e.invars[0])
+    dims, amap = [], []
+    for k, (r, n) in enumerate(zip(e.params['reps'], e.invars[0].shape)):
+      if r == 1:
+        dims.append(src.dims[k])
+        amap.append(k)
+        continue
+      if n != 1:
+        self.s.freeze(src.dims[k], f'tile at {e.where} repeats it')
+      dims.append(self.s.new(n * r, f'tile at {e.where}' if n != 1 else None))
+      amap.append(None)
+    self.view(e, dims, amap)
 
   def op_transpose(self, e):
     src = self.get(e.invars[0])
@@ -731,8 +749,9 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
            x: Any, units: Optional[topo.UnitTopology] = None) -> Derivation:
   """Traces ``fn(variables, x)`` (eval mode, logits out) and derives the
   unit topology of the model. ``variables`` and ``x`` may be abstract
-  (``jax.ShapeDtypeStruct``). Raises :class:`TopologyError` for a unit axis
-  it cannot follow.
+  (``jax.ShapeDtypeStruct``). A group it cannot follow is left out and
+  named in ``skipped`` with the reason; :class:`TopologyError` is raised
+  only for a unit layout it cannot describe.
 
   A size-1 axis reads as a broadcast. ``units``, the topology of the same
   model before a shrink, names the parameter axes that carry units, so a
@@ -807,29 +826,10 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
     if reasons:
       skipped[what] = reasons
       continue
-    hazards = s.hazards(atom)
-    if hazards:
-      raise TopologyError(
-          f'cannot derive the unit topology: {what} reach {hazards[0]}; '
-          'demp_jax cannot prune through it')
-    for role, r, (i, a) in refs:
-      uses = an.uses.get(i, [])
-      if len(uses) > 1:
-        raise TopologyError(
-            f'cannot derive the unit topology: parameter '
-            f'{_leafname(program.leaves[i])} carries {what} and meets the '
-            f'data in {len(uses)} operations ({"; ".join(uses[:3])}): weight '
-            'tying or a shared layer, which demp_jax cannot prune')
-    axes_of: dict[int, set] = {}
-    for _, _, (i, a) in refs:
-      axes_of.setdefault(i, set()).add(a)
-    for i, axes in axes_of.items():
-      if len(axes) > 1:
-        raise TopologyError(
-            f'cannot derive the unit topology: parameter '
-            f'{_leafname(program.leaves[i])} carries {what} on {len(axes)} '
-            f'of its axes ({sorted(axes)}; {"; ".join(an.reads[i][:3])}), '
-            'which demp_jax cannot prune')
+    why = _refusal(an, program, atom, what, refs)
+    if why:
+      skipped[what] = (why,)
+      continue
     base = '/'.join(kernels[0].path[:-1]) or _leafname(
         (kernels[0].collection, kernels[0].path))
     name, k = base, 1
@@ -852,6 +852,32 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
   return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped)
 
 
+
+
+def _refusal(an: _Analysis, program: prog.Program, atom: int, what: str,
+             refs: list) -> Optional[str]:
+  """Why the group of ``atom`` cannot be followed, or None: an operation
+  demp_jax does not follow reaches it, or one of its parameters meets the
+  data in two operations or holds it on two of its axes. Such a group is
+  left out (its arrays are never sliced); the rest of the model prunes."""
+  hazards = an.s.hazards(atom)
+  if hazards:
+    return f'{what} reach {hazards[0]}, which demp_jax cannot prune through'
+  axes_of: dict[int, set] = {}
+  for _, _, (i, a) in refs:
+    axes_of.setdefault(i, set()).add(a)
+  for i, axes in axes_of.items():
+    uses = an.uses.get(i, [])
+    if len(uses) > 1:
+      return (f'parameter {_leafname(program.leaves[i])} carries them and '
+              f'meets the data in {len(uses)} operations '
+              f'({"; ".join(uses[:3])}): weight tying or a shared layer, '
+              'which demp_jax cannot prune')
+    if len(axes) > 1:
+      return (f'parameter {_leafname(program.leaves[i])} carries them on '
+              f'{len(axes)} of its axes ({sorted(axes)}; '
+              f'{"; ".join(an.reads[i][:3])}), which demp_jax cannot prune')
+  return None
 
 
 def _unit_axes(units: Optional[topo.UnitTopology]) -> frozenset:

@@ -103,7 +103,7 @@ class _Killed(Exception):
 @pytest.mark.parametrize('factory, resume', [('make_net_linen', False),
                                               ('make_net_nnx', True)])
 def test_trainer_shrinks_a_user_model_and_resumes_after_the_shrink(
-    tmp_path, monkeypatch, factory, resume):
+    tmp_path, monkeypatch, capsys, factory, resume):
   """DemP on a user model by factory name; the NNX one (whose dropout RNG
   stream the checkpoint carries) is also killed after its shrink and
   resumed, ending bitwise where the straight run did."""
@@ -117,6 +117,10 @@ def test_trainer_shrinks_a_user_model_and_resumes_after_the_shrink(
               'sparsity_config.min_width': 3, 'round_widths_to': 1,
               'num_steps': 20, 'shrink_delay': 4, 'checkpoint_every': 2}
   s = loop.train(_tiny(**settings), str(tmp_path / 'straight'))
+  report = [l for l in capsys.readouterr().err.splitlines()
+            if l.startswith('model: ')]
+  assert report[0].startswith(f'model: {len(s["widths_final"])} unit '
+                              'groups'), report
   assert s['params_final'] < s['params_initial']
   assert set(s['widths_final'].values()) == {3}
   shrinks = [e for e in s['pruning_events'] if 'swap_step' in e]
@@ -158,3 +162,12 @@ def test_a_structured_baseline_prunes_a_user_model(tmp_path):
   # SNAP removes half of the units at step 0 (the default sparsity 0.5)
   assert s['units_final'] <= s['units_initial'] // 2 + 8
   assert s['params_final'] < s['params_initial']
+
+
+def test_the_unit_report_names_the_groups_and_what_is_left_out():
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  net, _ = Net.create(um.GroupNormCNN(), um.IMAGE)
+  lines = loop.unit_report(net)
+  assert lines[0] == 'model: 1 unit group, 8 units (Conv_1 8)'
+  assert any(l.startswith('model: the units produced by Conv_0 left out: '
+                          'narrowed from 4 to 3 units') for l in lines), lines

@@ -81,12 +81,30 @@ def build(config, num_steps: int) -> Setup:
                               seed=int(config.seed))
   _require_logits(net, variables, splits.num_classes, model_cfg['name'])
   _require_nonempty(variables)
+  if jax.process_index() == 0:
+    for line in unit_report(net):
+      print(line, file=sys.stderr)
   net.topology.validate(variables)
   updater = create_updater_from_config(config.sparsity_config,
                                        topology=net.topology)
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
   return Setup(splits, input_shape, model_cfg, net, variables, net.topology,
                updater, tx)
+
+
+def unit_report(net: Net) -> list[str]:
+  """What of the model can be pruned, one line each: the unit groups,
+  then every part left out with its first reason."""
+  groups = net.topology.groups
+  lines = [f'model: {len(groups)} unit group{"s" * (len(groups) != 1)}, '
+           f'{sum(g.size for g in groups)} units'
+           + (f' ({", ".join(f"{g.name} {g.size}" for g in groups[:8])}'
+              f'{", ..." if len(groups) > 8 else ""})' if groups else
+              ': nothing can be pruned')]
+  for what, reasons in net.skipped:
+    more = f' (and {len(reasons) - 1} more)' if len(reasons) > 1 else ''
+    lines.append(f'model: {what} left out: {reasons[0]}{more}')
+  return lines
 
 
 def _require_logits(net: Net, variables: dict, num_classes: int,
