@@ -169,7 +169,9 @@ def _slicer(entries, keeps: Mapping[str, np.ndarray]) -> Callable[[Any], Any]:
   plans: dict[tuple[int, ...], _LeafPlan] = {}
 
   def apply(x):
-    if x is None or not hasattr(x, 'shape') or not entries:
+    # a scalar per parameter (NovoGrad's gradient-norm average, zero_nans'
+    # flag) has no unit axis: it is kept
+    if x is None or not hasattr(x, 'shape') or not entries or not x.shape:
       return x
     shape = tuple(x.shape)
     if shape not in plans:
@@ -254,6 +256,26 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
         f'optimizer state: {e}. A params-shaped tree of the state holds an '
         'array of another shape (factored second moments, as Adafactor '
         'keeps): surgery slices only state shaped like its params') from e
+  except (AttributeError, TypeError, ValueError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise ValueError(
+        f'optimizer state {_state_types(opt_state)}: surgery cannot slice '
+        f'it ({type(e).__name__}: {first[:200]}). It slices states whose '
+        'params-shaped trees hold one array or scalar per parameter (adam, '
+        'sgd, lion, lamb, novograd, ...), not per-axis accumulators (sm3, '
+        'adafactor) or a params container (lookahead)') from e
+
+
+def _state_types(opt_state: Any) -> str:
+  """The state's record types, outermost first (``ScaleByAdamState,
+  ...``), for messages."""
+  names = []
+  for node in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(
+      x, '_fields')):
+    name = type(node).__name__
+    if hasattr(node, '_fields') and name not in names:
+      names.append(name)
+  return f'({", ".join(names[:4])})' if names else f'({type(opt_state).__name__})'
 
 
 # ------------------------------------------------------------------ folding

@@ -133,6 +133,11 @@ def test_common_optax_optimisers_are_sliced_and_adafactor_is_named(small_cnn):
   v1, s = _step(net, v, tx, tx.init(v['params']), x)
   with pytest.raises(ValueError, match='optimizer state: .*Adafactor'):
     surgery.shrink(net, v1, keep, opt_state=s, tx=tx)
+  tx = optax.sm3(1e-2)  # a list of per-axis accumulators per parameter
+  v1, s = _step(net, v, tx, tx.init(v['params']), x)
+  with pytest.raises(ValueError, match=r'optimizer state \(ScaleBySM3State'
+                     '.*surgery cannot slice it.*per-axis accumulators'):
+    surgery.shrink(net, v1, keep, opt_state=s, tx=tx)
 
 
 def test_updater_state_masks_are_sliced(small_mlp):

@@ -42,6 +42,10 @@ OPTIMIZERS = {
     'sgd_momentum': lambda t: optax.sgd(1e-2, momentum=0.9, nesterov=True),
     'lion': lambda t: optax.lion(1e-4, weight_decay=1e-4),
     'lamb': lambda t: optax.lamb(1e-3, weight_decay=1e-4),
+    # a scalar per parameter in the state: kept as it is
+    'novograd': lambda t: optax.novograd(1e-3),
+    'zero_nans_adam': lambda t: optax.chain(optax.zero_nans(),
+                                            optax.adam(1e-3)),
     'clip_adamw': lambda t: optax.chain(optax.clip_by_global_norm(1.0),
                                         optax.adamw(1e-3)),
     'multi_steps_adamw': lambda t: optax.MultiSteps(optax.adamw(1e-3),
@@ -112,11 +116,12 @@ def test_optimizer_state_is_sliced_like_the_params(name, net):
         np.asarray(a), np.asarray(b)) if a is not None else None,
                  want, new, is_leaf=_leaf)
     # and the new tree has the new params' structure and shapes
-    def same_shape(x, p):
-      if not _leaf(x):
-        assert jnp.shape(x) == jnp.shape(p)
+    def same_shape(x, p, o):
+      if not _leaf(x):  # a scalar per parameter stays one
+        assert jnp.shape(x) == (jnp.shape(p) if jnp.shape(o) else ())
 
-    jax.tree.map(same_shape, new, res.variables['params'], is_leaf=_leaf)
+    jax.tree.map(same_shape, new, res.variables['params'], old,
+                 is_leaf=_leaf)
   # counters, keys and hyper-parameters are kept as they were
   for a, b in zip(_scalars(tx, state), _scalars(tx, res.opt_state)):
     np.testing.assert_array_equal(a, b)
