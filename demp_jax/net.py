@@ -311,6 +311,16 @@ class Net:
   # ---- running
 
   @property
+  def model_name(self) -> str:
+    """The class name of the user's model (Linen or NNX), for messages."""
+    if self.is_nnx:
+      nodes = getattr(self.module, 'nodes', None)
+      node_type = getattr(nodes[0], 'type', None) if nodes else None
+      if isinstance(node_type, type):
+        return node_type.__name__
+    return type(self.module).__name__
+
+  @property
   def is_nnx(self) -> bool:
     return self.nnx_keys is not None
 

@@ -359,6 +359,23 @@ def eval_logits(model: Any, variables: Mapping[str, Any],
   return _eval_logits(model, variables, x)
 
 
+def _rebuilt(model: Any, widths: Mapping[str, int]) -> Any:
+  """``model.at_widths(widths)``; a model whose code does not run at those
+  widths is one :class:`SurgeryError` that names them."""
+  try:
+    return model.at_widths(widths)
+  except Exception as e:  # pylint: disable=broad-except
+    changed = {n: w for n, w in widths.items()
+               if w != model.topology.group(n).size}
+    zero = sorted(n for n, w in changed.items() if w == 0)
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    raise SurgeryError(
+        f'{model.model_name} does not run with the widths '
+        f'{changed} ({type(e).__name__}: {first})'
+        + (f'; {zero} would lose every unit (min_width=0), which its code '
+           'does not allow: keep min_width >= 1' if zero else '')) from e
+
+
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
            *, opt_state: Any = None, tx: Any = None,
            probe: Optional[jax.Array] = None, rtol: float = 1e-4,
@@ -427,7 +444,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     if any(folded.values()):
       source = fold_into_consumers(topology, variables, values)
   new_vars = shrink_variables(topology, source, keeps)
-  new_model = model.at_widths({n: len(keeps[n]) for n in topology.names})
+  new_model = _rebuilt(model, {n: len(keeps[n]) for n in topology.names})
   new_model.topology.validate(new_vars)
   new_opt = (None if opt_state is None else
              shrink_opt_state(tx, opt_state, variables['params'], topology,
@@ -449,6 +466,6 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
           f'{masked_diff:.3g} on the probe batch, above {bound:.3g} '
           f'(atol={atol} + rtol={rtol} x max |masked logit|); removed units '
           f'per group: {removed}. The unit topology of '
-          f'{type(model.module).__name__} is probably missing a leaf.')
+          f'{model.model_name} is probably missing a leaf.')
   return Shrunk(new_model, new_vars, new_opt, removed, masked_diff, change,
                 folded)

@@ -171,3 +171,24 @@ def test_the_unit_report_names_the_groups_and_what_is_left_out():
   assert lines[0] == 'model: 1 unit group, 8 units (Conv_1 8)'
   assert any(l.startswith('model: the units produced by Conv_0 left out: '
                           'narrowed from 4 to 3 units') for l in lines), lines
+
+
+def test_a_whole_group_removed_runs_or_is_named():
+  """min_width=0: NNX layers run at zero width and stay exact; a Linen
+  initialiser divides by the width, which is one SurgeryError naming the
+  group and the setting (it was a ZeroDivisionError from flax)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 4, 3)),
+                  jnp.float32)
+  net, v = Net.create(um.NSeqMLP(um.nnx.Rngs(0)), (4, 4, 3))
+  dead = {'fc2': np.zeros(20, bool)}
+  res = surgery.shrink(net, v, dead, probe=x, min_width=0)
+  assert res.model.topology.names == ('fc1', 'fc3')
+  np.testing.assert_allclose(
+      res.model.apply(res.variables, x),
+      net.apply(topo.silence_units(net.topology, v, dead), x), atol=1e-5)
+  net, v = Net.create(um.SeqMLP(), (4, 4, 3))
+  with pytest.raises(surgery.SurgeryError, match=r"SeqMLP does not run with "
+                     r"the widths \{'Dense_1': 0\} \(ZeroDivisionError.*"
+                     r"min_width >= 1"):
+    surgery.shrink(net, v, {'Dense_1': np.zeros(20, bool)}, probe=x,
+                   min_width=0)
