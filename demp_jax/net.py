@@ -49,7 +49,8 @@ import dataclasses
 import functools
 import importlib
 import inspect
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import (Any, Callable, Iterable, Iterator, Mapping, Optional,
+                    Sequence)
 
 import flax.linen as nn
 import jax
@@ -185,6 +186,11 @@ class Net:
       host copies, checkpoints and surgery see plain arrays).
     skipped: index spaces with non-linearities that are not unit groups,
       ``((description, reasons), ...)``.
+    axis_names: the ``axis_name`` of the model's layers (a BatchNorm written
+      for ``pmap``, ``BatchNorm(axis_name='batch')``). One jitted program
+      over the global batch already reduces over every device, so train
+      mode binds each name to an axis of size 1, where its ``pmean`` is
+      the identity.
   """
   module: Any
   input_shape: tuple
@@ -195,6 +201,7 @@ class Net:
   nnx_keys: Any = None
   rng_keys: tuple = ()
   skipped: tuple = dataclasses.field(default=(), compare=False)
+  axis_names: tuple = ()
 
   # ---- construction
 
@@ -221,9 +228,10 @@ class Net:
           variables[name] = pure
           keys.append((name, k))
       variables, rng_keys = _key_data(variables)
+      names = _axis_names(m for _, m in nnx.iter_graph(model))
       net = cls(graphdef, input_shape, _shapes(variables),
                 topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
-                nnx_keys=tuple(keys), rng_keys=rng_keys)
+                nnx_keys=tuple(keys), rng_keys=rng_keys, axis_names=names)
       with _runs_on(model, input_shape):  # (a Linen module's init checks)
         jax.eval_shape(net._eval_fn, net.abstract_variables(),
                        net._abstract_input())
@@ -231,13 +239,16 @@ class Net:
       mode = _mode_arg(model.__call__)
       make = functools.partial(_init_linen, model, input_shape, mode)
       key = jax.random.PRNGKey(seed)
-      with _runs_on(model, input_shape):
+      called = []  # every module the initialisation calls
+      with _runs_on(model, input_shape), nn.intercept_methods(
+          functools.partial(_record_module, called)):
         variables = (run_once(make, key) if init else
                      jax.eval_shape(make, key))
+      names = _axis_names(called)
       handwritten = (callable(getattr(model, 'unit_topology', None)) and
                      model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
-                topo.UnitTopology(()), handwritten, mode)
+                topo.UnitTopology(()), handwritten, mode, axis_names=names)
     else:
       raise ModelError(f'{type(model).__name__} is neither a flax.linen '
                        'Module nor a flax.nnx Module')
@@ -338,6 +349,12 @@ class Net:
     updated collections (Linen's convention)."""
     variables = {k: v for k, v in variables.items()
                  if k not in ('activations', 'intermediates')}
+    if train and self.axis_names:
+      return _with_axes(self.axis_names, lambda: self._apply(
+          variables, x, train, mutable, rng))
+    return self._apply(variables, x, train, mutable, rng)
+
+  def _apply(self, variables, x, train, mutable, rng):
     if self.is_nnx:
       return self._apply_nnx(variables, x, train, mutable)
     kwargs = {}
@@ -385,6 +402,10 @@ class Net:
         _, new = self.apply(variables, x, train=True,
                             mutable=['batch_stats'])
       return _unfreeze(new['batch_stats'])
+    return _with_axes(self.axis_names,
+                      lambda: self._nnx_batch_statistics(variables, x))
+
+  def _nnx_batch_statistics(self, variables, x):
     from flax import nnx  # pylint: disable=g-import-not-at-top
     module = self.module_at(variables)
     module.train()
@@ -592,6 +613,35 @@ def run_once(fn: Callable, *args: Any) -> Any:
   options = ({'xla_backend_optimization_level': 1}
              if jax.default_backend() == 'cpu' else {})
   return lowered.compile(compiler_options=options)(*args)
+
+
+def _record_module(called: list, next_fun, args, kwargs, context):
+  """Linen interceptor: appends every module it sees to ``called``."""
+  called.append(context.module)
+  return next_fun(*args, **kwargs)
+
+
+def _axis_names(modules: Iterable[Any]) -> tuple[str, ...]:
+  """The ``axis_name``s the modules reduce over (a str or a tuple of
+  them each; None for most), in order, once each."""
+  names = []
+  for m in modules:
+    value = getattr(m, 'axis_name', None)
+    for name in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(name, str) and name not in names:
+        names.append(name)
+  return tuple(names)
+
+
+def _with_axes(names: Sequence[str], thunk: Callable[[], Any]) -> Any:
+  """``thunk()`` with every name in ``names`` bound to a mapped axis of
+  size 1 (``jax.vmap``): a collective over it (``pmean``) is the
+  identity."""
+  if not names:
+    return thunk()
+  out = jax.vmap(lambda _: _with_axes(names[1:], thunk),
+                 axis_name=names[0])(jnp.zeros((1,)))
+  return jax.tree.map(lambda a: a[0], out)
 
 
 def _init_linen(module, input_shape, mode_arg, key=None):

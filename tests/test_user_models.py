@@ -192,3 +192,53 @@ def test_a_whole_group_removed_runs_or_is_named():
                      r"min_width >= 1"):
     surgery.shrink(net, v, {'Dense_1': np.zeros(20, bool)}, probe=x,
                    min_width=0)
+
+
+class _SyncBN(um.nn.Module):
+  """A CNN written for pmap: its BatchNorms reduce over ``axis_name``."""
+  axis_name: object = 'batch'
+
+  @um.nn.compact
+  def __call__(self, x, train: bool = False):
+    nn = um.nn
+    bn = lambda: nn.BatchNorm(use_running_average=not train,
+                              axis_name=self.axis_name)
+    x = nn.relu(bn()(nn.Conv(8, (3, 3))(x)))
+    return nn.Dense(5)(nn.relu(bn()(nn.Dense(6)(x.reshape((x.shape[0],
+                                                           -1))))))
+
+
+class _NSyncBN(um.nnx.Module):
+
+  def __init__(self, axis_name, rngs):
+    nnx = um.nnx
+    self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, axis_name=axis_name, rngs=rngs)
+    self.out = nnx.Linear(8, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = um.nnx.relu(self.bn(self.conv(x)))
+    return self.out(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize('kind', ['linen', 'nnx'])
+def test_a_batchnorm_written_for_pmap_trains_as_one_program(kind):
+  """``BatchNorm(axis_name='batch')`` used to stop the trainer with an
+  unbound axis name; one program over the global batch computes the same
+  statistics as the model without the name."""
+  make = ((lambda name: _SyncBN(name)) if kind == 'linen' else
+          (lambda name: _NSyncBN(name, um.nnx.Rngs(0))))
+  synced, v = Net.create(make('batch'), um.IMAGE)
+  plain, _ = Net.create(make(None), um.IMAGE)
+  assert synced.axis_names == ('batch',) and plain.axis_names == ()
+  assert synced.topology == plain.topology
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6,) + um.IMAGE),
+                  jnp.float32)
+  run = lambda net: jax.jit(lambda v, x: net.apply(
+      v, x, train=True, mutable=net.mutable))(v, x)
+  (y1, s1), (y2, s2) = run(synced), run(plain)
+  np.testing.assert_allclose(y1, y2, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               s1, s2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               synced.batch_statistics(v, x), plain.batch_statistics(v, x))
