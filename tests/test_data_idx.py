@@ -18,20 +18,23 @@ def _write_idx(path, arr):
     f.write(data)
 
 
-def _fake_dir(tmp_path, n_train=30, n_test=10, gz=True):
+def _fake_dir(tmp_path, n_train=30, n_test=10, gz=True, sep='-'):
   rng = np.random.default_rng(0)
   ext = '.gz' if gz else ''
   for split, n in (('train', n_train), ('t10k', n_test)):
-    _write_idx(str(tmp_path / f'{split}-images-idx3-ubyte{ext}'),
+    _write_idx(str(tmp_path / f'{split}-images{sep}idx3-ubyte{ext}'),
                rng.integers(0, 256, (n, 28, 28)))
-    _write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte{ext}'),
+    _write_idx(str(tmp_path / f'{split}-labels{sep}idx1-ubyte{ext}'),
                rng.integers(0, 10, (n,)))
   return str(tmp_path)
 
 
-@pytest.mark.parametrize('gz', [True, False])
-def test_reads_idx_files(tmp_path, gz):
-  d = _fake_dir(tmp_path, gz=gz)
+@pytest.mark.parametrize('gz, sep', [(True, '-'), (False, '-'), (False, '.'),
+                                     (True, '.')])
+def test_reads_idx_files(tmp_path, gz, sep):
+  """Gzipped or not, and spelt train-images.idx3-ubyte as some MNIST
+  copies are."""
+  d = _fake_dir(tmp_path, gz=gz, sep=sep)
   train = fashion_mnist.load('train', d, 'idx')
   assert train.images.shape == (30, 28, 28, 1) and train.images.dtype == np.uint8
   assert train.labels.shape == (30,) and train.labels.max() < 10

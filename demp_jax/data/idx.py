@@ -61,9 +61,11 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def find_idx(data_dir: str, stem: str) -> str:
-  """Path of ``stem`` or ``stem.gz`` in ``data_dir``; FileNotFoundError if
-  neither exists."""
-  for name in (stem + '.gz', stem):
+  """Path of ``stem`` or ``stem.gz`` in ``data_dir``, also spelt with a dot
+  before ``idx`` (``train-images.idx3-ubyte``, as some copies of MNIST
+  are); FileNotFoundError if none exists."""
+  dotted = stem.replace('-idx', '.idx')
+  for name in (stem + '.gz', stem, dotted + '.gz', dotted):
     path = os.path.join(data_dir, name)
     if os.path.exists(path):
       return path
