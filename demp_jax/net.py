@@ -270,8 +270,9 @@ class Net:
     """Leaves out the groups whose width the model code fixes: traced with
     that group one unit narrower, the model fails, or lays the group out
     differently (a count fixed in the code, such as GroupNorm's
-    ``num_groups``, regroups the remaining channels)."""
-    def fixed(groups) -> Optional[str]:
+    ``num_groups``, regroups the remaining channels). All groups are
+    narrowed at once first; only those that fail are tried one by one."""
+    def fails(groups) -> Optional[str]:
       widths = {g.name: g.size - 1 for g in groups if g.size > 1}
       if not widths:
         return None
@@ -279,32 +280,49 @@ class Net:
         smaller = self.at_widths(widths, rederive=False)
         jax.eval_shape(smaller._eval_fn, smaller.abstract_variables(),
                        smaller._abstract_input())
-        smaller = smaller._with_topology()
       except Exception as e:  # pylint: disable=broad-except
         return (f'the model does not run with them narrower ({type(e).__name__}'
                 f': {str(e).splitlines()[0][:300]})')
-      now = {g.name: g for g in smaller.topology.groups}
-      for name, width in widths.items():
-        old = self.topology.group(name)
-        new = now.get(name)
-        if new is None or new.size != width or _layout(new) != _layout(old):
-          return (f'narrowed from {old.size} to {width} units, the model '
-                  f'lays them out differently ({_describe(new, width, old)}'
-                  ', as a GroupNorm\'s num_groups does)')
       return None
 
+    def relaid(groups) -> dict[str, str]:
+      widths = {g.name: g.size - 1 for g in groups if g.size > 1}
+      if not widths:
+        return {}
+      try:
+        now = {g.name: g for g in self.at_widths(widths).topology.groups}
+      except Exception as e:  # pylint: disable=broad-except
+        return {n: f'the model does not derive narrower ({type(e).__name__})'
+                for n in widths}
+      out = {}
+      for name, width in widths.items():
+        old, new = self.topology.group(name), now.get(name)
+        if new is None or new.size != width or _layout(new) != _layout(old):
+          out[name] = (f'narrowed from {old.size} to {width} units, the '
+                       'model lays them out differently '
+                       f'({_describe(new, width, old)}, as a GroupNorm\'s '
+                       'num_groups does)')
+      return out
+
     groups = self.topology.groups
-    if fixed(groups) is None:
+    why = {}
+    if fails(groups) is not None:
+      for g in groups:
+        err = fails([g])
+        if err:
+          why[g.name] = err
+    suspects = relaid([g for g in groups if g.name not in why])
+    for name in suspects:  # alone, to tell them from their neighbours
+      alone = relaid([self.topology.group(name)]).get(name)
+      if alone:
+        why[name] = alone
+    if not why:
       return self
-    keep, skipped = [], list(self.skipped)
-    for g in groups:
-      why = fixed([g])
-      if why is None:
-        keep.append(g)
-      else:
-        skipped.append((f'the units produced by {g.name}', (
-            f'{why}; its code fixes that width',)))
-    return dataclasses.replace(self, topology=topo.UnitTopology(tuple(keep)),
+    skipped = list(self.skipped) + [
+        (f'the units produced by {name}', (f'{r}; its code fixes that width',))
+        for name, r in why.items()]
+    keep = tuple(g for g in groups if g.name not in why)
+    return dataclasses.replace(self, topology=topo.UnitTopology(keep),
                                skipped=tuple(skipped))
 
   def init(self, seed: int) -> dict:
