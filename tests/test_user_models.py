@@ -5,6 +5,8 @@ inputs (not the probe) the shrunk network's logits equal the masked
 network's in eval mode and in train mode, and the gradients of the kept
 entries agree; in float64, so agreement is exact up to rounding.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -242,3 +244,21 @@ def test_a_batchnorm_written_for_pmap_trains_as_one_program(kind):
                s1, s2)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                synced.batch_statistics(v, x), plain.batch_statistics(v, x))
+
+
+def test_a_model_with_nothing_to_prune(tmp_path):
+  """DemP on it is one ValueError before any step (it trained, then failed
+  on a division by zero in the summary); the dense run reports neuron
+  sparsity 0, not 1."""
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  settings = {'model.name': 'user_models:make_unprunable', 'num_steps': 4}
+  with pytest.raises(ValueError, match='has no unit group for demp to '
+                     'prune.*algorithm=no_prune'):
+    loop.train(_tiny(**settings), str(tmp_path / 'demp'))
+  assert not os.path.exists(tmp_path / 'demp' / 'metrics.jsonl')
+  s = loop.train(_tiny(**settings, **{
+      'sparsity_config.algorithm': 'no_prune'}), str(tmp_path / 'dense'))
+  assert s['units_initial'] == 0 and s['neuron_sparsity'] == 0.0

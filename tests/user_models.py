@@ -408,6 +408,20 @@ def make_five_classes():
   return SeqMLP()
 
 
+class LayerNormMLPFM(nn.Module):
+  """Every hidden unit under a LayerNorm: nothing can be pruned."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.LayerNorm()(nn.Dense(16)(x.reshape((x.shape[0], -1)))))
+    return nn.Dense(10)(x)
+
+
+def make_unprunable():
+  """A Fashion-MNIST model without a unit group."""
+  return LayerNormMLPFM()
+
+
 def make_net_linen():
   """A factory for ``--config.model.name=tests.user_models:make_net_linen``."""
   return FlattenCNNFM()

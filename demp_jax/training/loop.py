@@ -85,6 +85,13 @@ def build(config, num_steps: int) -> Setup:
     for line in unit_report(net):
       print(line, file=sys.stderr)
   net.topology.validate(variables)
+  algorithm = config.sparsity_config.get('algorithm', 'no_prune')
+  if not net.topology.groups and algorithm != 'no_prune':
+    raise ValueError(
+        f'config.model.name={model_cfg["name"]}: the model has no unit group '
+        f'for {algorithm} to prune (the "model:" lines above say why each '
+        'part is left out); train it with '
+        'sparsity_config.algorithm=no_prune')
   updater = create_updater_from_config(config.sparsity_config,
                                        topology=net.topology)
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
@@ -386,7 +393,8 @@ def summarize(config, record: RunRecord, shrinker: ShrinkController,
       'params_final': params_final,
       'units_initial': record.units_initial,
       'units_final': units_final,
-      'neuron_sparsity': 1.0 - units_final / record.units_initial,
+      'neuron_sparsity': (1.0 - units_final / record.units_initial
+                          if record.units_initial else 0.0),
       'param_sparsity': 1.0 - params_final / record.params_initial,
       # JaxPruner's _total_sparsity: exact zeros among the params kept
       'param_zero_fraction': zeros / max(params_final, 1),
