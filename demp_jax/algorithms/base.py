@@ -194,10 +194,13 @@ class BaseUpdater:
       after every surgery.
     granularity: what :meth:`prune_round` prunes: ``'weight'``, ``'unit'``,
       or None (the updater cannot run rounds).
+    needs_units: it prunes or strips units, so a model without a unit
+      group leaves it nothing to do (the loop refuses that).
   """
   topology: Optional[topo.UnitTopology] = None
 
   granularity: ClassVar[Optional[str]] = None
+  needs_units: ClassVar[bool] = False
 
   # ------------------------------------------------------- the loop's side
 

@@ -15,7 +15,7 @@ physically (:mod:`demp_jax.surgery`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,7 @@ class DemonPruning(base.BaseUpdater):
       held data is at most ``constant_layer_tol`` times its layer's mean
       ``|a|`` (:func:`demp_jax.stats.constant_outputs`' ``layer_tol``).
   """
+  needs_units: ClassVar[bool] = True
   reg_peak: float = 1e-3
   reg_span: int = 10_000
   regularizer: str = 'l1'

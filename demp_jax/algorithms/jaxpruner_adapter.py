@@ -294,6 +294,7 @@ class JaxPrunerChannel(JaxPrunerBaseline):
   baselines; JaxPruner's default filter would also mask the classifier's
   output columns, i.e. whole classes.
   """
+  needs_units: ClassVar[bool] = True
   jaxpruner_algorithm: ClassVar[str] = 'magnitude'
   default_sparsity_type: ClassVar[Optional[str]] = 'channel_-1'
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +140,7 @@ class SynapticStripping(masked.StrictMasking):
     probe_batch_size: examples B per probe batch.
     epsilon: a unit is dead if ``sum |a| <= epsilon`` on every probe batch.
   """
+  needs_units: ClassVar[bool] = True
   stripping_factor: float = 0.05
   strip_every: int = 1_000
   strip_start: Optional[int] = None

@@ -112,6 +112,7 @@ class StructuredPruner(base.BaseUpdater):
     min_width: every layer keeps at least this many units.
     tracker: Python-side state, see the module docstring.
   """
+  needs_units: ClassVar[bool] = True
   sparsity: float = 0.5
   dist_type: str = 'global'
   min_width: int = 1

@@ -85,15 +85,14 @@ def build(config, num_steps: int) -> Setup:
     for line in unit_report(net):
       print(line, file=sys.stderr)
   net.topology.validate(variables)
-  algorithm = config.sparsity_config.get('algorithm', 'no_prune')
-  if not net.topology.groups and algorithm != 'no_prune':
-    raise ValueError(
-        f'config.model.name={model_cfg["name"]}: the model has no unit group '
-        f'for {algorithm} to prune (the "model:" lines above say why each '
-        'part is left out); train it with '
-        'sparsity_config.algorithm=no_prune')
   updater = create_updater_from_config(config.sparsity_config,
                                        topology=net.topology)
+  if not net.topology.groups and updater.needs_units:
+    raise ValueError(
+        f'config.model.name={model_cfg["name"]}: the model has no unit group '
+        f'for {config.sparsity_config.algorithm} to prune (the "model:" '
+        'lines above say why each part is left out); train it with an '
+        'unstructured method or sparsity_config.algorithm=no_prune')
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
   return Setup(splits, input_shape, model_cfg, net, variables, net.topology,
                updater, tx)
