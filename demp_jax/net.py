@@ -702,8 +702,8 @@ def _nnx_graphdef_at(net: Net) -> Any:
 
 def set_nnx_sizes(module: Any) -> Any:
   """Sets ``in_features``/``out_features``/``num_features`` of NNX
-  ``Linear``, ``Conv``, ``ConvTranspose`` and norm layers from their
-  arrays; returns the module."""
+  ``Linear``, ``LinearGeneral``, ``Conv``, ``ConvTranspose`` and norm
+  layers from their arrays; returns the module."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   for _, m in nnx.iter_graph(module):
     kernel = getattr(m, 'kernel', None)
@@ -716,6 +716,13 @@ def set_nnx_sizes(module: Any) -> Any:
         object.__setattr__(m, 'feature_group_count', groups)
       object.__setattr__(m, 'in_features', int(shape[-2]) * groups)
       object.__setattr__(m, 'out_features', int(shape[-1]))
+    elif isinstance(m, nnx.LinearGeneral) and kernel is not None:
+      # kernel [*batch, *in_features, *out_features]
+      shape = tuple(int(n) for n in _value_shape(kernel))
+      n_out = len(m.out_features)
+      start = len(shape) - n_out - len(m.in_features)
+      object.__setattr__(m, 'in_features', shape[start:len(shape) - n_out])
+      object.__setattr__(m, 'out_features', shape[len(shape) - n_out:])
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm,
                         nnx.GroupNorm)):
       for name in ('scale', 'bias', 'mean', 'var'):

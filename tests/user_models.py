@@ -204,6 +204,18 @@ class GroupNormCNN(nn.Module):
     return nn.Dense(5)(x.mean(axis=(1, 2)))
 
 
+class GeneralDense(nn.Module):
+  """A dense layer on the channels of NHWC, then ``DenseGeneral`` over
+  all of H, W, C (a flatten without a reshape)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(12)(x)
+    x = nn.silu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.relu(nn.DenseGeneral(10, axis=(-3, -2, -1))(x))
+    return nn.Dense(5)(x)
+
+
 # ----------------------------------------------------------------------- NNX
 
 
@@ -343,6 +355,19 @@ class NGroupNormCNN(nnx.Module):
     return self.head(x.mean(axis=(1, 2)))
 
 
+class NGeneralDense(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.a = nnx.LinearGeneral(3, 12, rngs=rngs)
+    self.bn = nnx.BatchNorm(12, rngs=rngs)
+    self.b = nnx.LinearGeneral((8, 8, 12), 10, axis=(-3, -2, -1), rngs=rngs)
+    self.out = nnx.Linear(10, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.silu(self.bn(self.a(x)))
+    return self.out(nnx.relu(self.b(x)))
+
+
 # ------------------------------------------------------------------ registry
 
 IMAGE = (8, 8, 3)
@@ -360,6 +385,8 @@ FAMILIES = {
     'depthwise': (InvertedResidual, lambda: NInvertedResidual(nnx.Rngs(0)),
                   IMAGE),
     'group_norm': (GroupNormCNN, lambda: NGroupNormCNN(nnx.Rngs(0)), IMAGE),
+    'dense_general': (GeneralDense, lambda: NGeneralDense(nnx.Rngs(0)),
+                      IMAGE),
 }
 
 # The unit groups each family must have (by the module that produces them).
@@ -367,6 +394,7 @@ EXPECTED_GROUPS = {
     'seq_mlp': 3, 'flatten_cnn': 3, 'channels_first_cnn': 2, 'residual': 5,
     'concat': 5, 'gated_mlp': 1, 'token_mlp': 2, 'concat_nnx': 3,
     'remat_mlp': 2, 'weight_norm': 2, 'depthwise': 2, 'group_norm': 1,
+    'dense_general': 2,
 }
 
 
