@@ -256,7 +256,9 @@ def test_tfds_names_are_checked_before_any_file_is_read(tmp_path):
   config.dataset.name = 'tfds:kmnist'
   config.dataset.test_split = 'train[90%:]'
   validate.validate_config(config)
-  for name, words in (('kmnist', 'tfds:NAME'), ('tfds:', 'tfds:NAME')):
+  for name, words in (('kmnist', 'tfds:NAME'), ('tfds:', 'tfds:NAME'),
+                      ('fashion_mnist', r"test_split='train\[90%:\]' "
+                       "applies to tfds:NAME datasets only")):
     config.dataset.name = name
     with pytest.raises(validate.ConfigError, match=words):
       validate.validate_config(config)

@@ -192,6 +192,12 @@ def check_config(config: Mapping[str, Any]) -> None:
                      f"(e.g. '{TFDS_PREFIX}svhn_cropped')")
   kind = TFDS_PREFIX if generic else name
   allowed = set(_COMMON_KEYS) | set(_EXTRA_KEYS.get(kind, ()))
+  if not generic:  # a config's tfds:NAME keys, left unset
+    for key in _EXTRA_KEYS[TFDS_PREFIX]:
+      if key in cfg and cfg[key] is not None:
+        raise ValueError(f'config.dataset.{key}={cfg[key]!r} applies to '
+                         f'{TFDS_PREFIX}NAME datasets only, not {name!r}')
+      allowed.add(key)
   unknown = sorted(set(cfg) - allowed)
   if unknown:
     raise ValueError(f'config.dataset has unknown key(s) {unknown} for '
