@@ -826,7 +826,7 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
     if reasons:
       skipped[what] = reasons
       continue
-    why = _refusal(an, program, atom, what, refs)
+    why = _refusal(an, program, atom, refs)
     if why:
       skipped[what] = (why,)
       continue
@@ -854,7 +854,7 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
 
 
 
-def _refusal(an: _Analysis, program: prog.Program, atom: int, what: str,
+def _refusal(an: _Analysis, program: prog.Program, atom: int,
              refs: list) -> Optional[str]:
   """Why the group of ``atom`` cannot be followed, or None: an operation
   demp_jax does not follow reaches it, or one of its parameters meets the
@@ -862,7 +862,7 @@ def _refusal(an: _Analysis, program: prog.Program, atom: int, what: str,
   left out (its arrays are never sliced); the rest of the model prunes."""
   hazards = an.s.hazards(atom)
   if hazards:
-    return f'{what} reach {hazards[0]}, which demp_jax cannot prune through'
+    return f'they reach {hazards[0]}, which demp_jax cannot prune through'
   axes_of: dict[int, set] = {}
   for _, _, (i, a) in refs:
     axes_of.setdefault(i, set()).add(a)

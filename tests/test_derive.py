@@ -326,7 +326,8 @@ def test_what_it_cannot_follow_is_left_out_by_name_and_the_rest_prunes(
   to refuse the whole model)."""
   net, variables = Net.create(model, (6, 6, 3))
   assert net.topology.names == ('tail',), net.skipped
-  reasons = ' '.join(r for _, why in net.skipped for r in why)
+  reasons = ' '.join(f'{what}: {r}' for what, why in net.skipped
+                     for r in why)
   for w in words:
     assert w in reasons, net.skipped
   alive = {'tail': np.array([True, False, True, True, False, True])}
