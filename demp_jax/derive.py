@@ -529,8 +529,9 @@ class _Analysis:
   def reduction(self, e):
     src = self.get(e.invars[0])
     axes = {a % max(len(src.dims), 1) for a in e.params.get('axes', ())}
-    for a in axes:
-      self.s.freeze(src.dims[a], f'{e.name} over it at {e.where}')
+    for a in axes:  # a norm over the channels, a softmax, a global sum
+      self.s.freeze(src.dims[a], f'{e.name} over the units at {e.where} '
+                    '(a norm or a softmax over them)')
     kept = [i for i in range(len(src.dims)) if i not in axes]
     info = _Info(tuple(src.dims[i] for i in kept), src.data, False,
                  None if src.prov is None else tuple(src.prov[i]
@@ -556,7 +557,7 @@ class _Analysis:
       if (wd[a], ws[a], tuple(pad[a]), bd[a], wdl[a]) == (1, 1, (0, 0), 1, 1):
         dims.append(src.dims[a])
       else:
-        self.s.freeze(src.dims[a], f'{e.name} over it at {e.where}')
+        self.s.freeze(src.dims[a], f'{e.name} over the units at {e.where}')
         dims.append(self.s.new(e.outvars[0].shape[a]))
     if e.name not in ('reduce_window_sum', 'reduce_window_max',
                       'reduce_window_min'):
