@@ -59,6 +59,7 @@ import numpy as np
 
 from demp_jax import derive as derive_lib
 from demp_jax import topology as topo
+from demp_jax.errors import one_line
 
 # Linen call arguments that select the mode, and their value in train mode.
 _MODE_ARGS = {'train': True, 'training': True, 'is_training': True,
@@ -281,8 +282,7 @@ class Net:
         jax.eval_shape(smaller._eval_fn, smaller.abstract_variables(),
                        smaller._abstract_input())
       except Exception as e:  # pylint: disable=broad-except
-        return (f'the model does not run with them narrower ({type(e).__name__}'
-                f': {str(e).splitlines()[0][:300]})')
+        return f'the model does not run with them narrower ({one_line(e)})'
       return None
 
     def relaid(groups) -> dict[str, str]:
@@ -611,11 +611,10 @@ def _runs_on(model: Any, input_shape: tuple[int, ...]) -> Iterator[None]:
   except ModelError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0][:300]
     raise ModelError(f'{type(model).__name__} does not run on a batch of '
                      f'shape {(2,) + input_shape} (input_shape='
                      f'{input_shape}, without the batch axis): '
-                     f'{type(e).__name__}: {first}') from e
+                     f'{one_line(e)}') from e
 
 
 def run_once(fn: Callable, *args: Any) -> Any:

@@ -51,6 +51,7 @@ import numpy as np
 import optax
 
 from demp_jax import stats as stats_lib
+from demp_jax.errors import one_line
 from demp_jax import topology as topo
 
 
@@ -257,10 +258,9 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
         'array of another shape (factored second moments, as Adafactor '
         'keeps): surgery slices only state shaped like its params') from e
   except (AttributeError, TypeError, ValueError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
     raise ValueError(
         f'optimizer state {_state_types(opt_state)}: surgery cannot slice '
-        f'it ({type(e).__name__}: {first[:200]}). It slices states whose '
+        f'it ({one_line(e, 200)}). It slices states whose '
         'params-shaped trees hold one array or scalar per parameter (adam, '
         'sgd, lion, lamb, novograd, ...), not per-axis accumulators (sm3, '
         'adafactor) or a params container (lookahead)') from e
@@ -368,10 +368,9 @@ def _rebuilt(model: Any, widths: Mapping[str, int]) -> Any:
     changed = {n: w for n, w in widths.items()
                if w != model.topology.group(n).size}
     zero = sorted(n for n, w in changed.items() if w == 0)
-    first = (str(e).strip().splitlines() or [''])[0][:200]
     raise SurgeryError(
         f'{model.model_name} does not run with the widths '
-        f'{changed} ({type(e).__name__}: {first})'
+        f'{changed} ({one_line(e, 200)})'
         + (f'; {zero} would lose every unit (min_width=0), which its code '
            'does not allow: keep min_width >= 1' if zero else '')) from e
 

@@ -35,6 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from demp_jax.errors import one_line
+
 CHECKSUMS = '_array_crc32'  # meta key: {leaf path: CRC-32 of its bytes}
 _ITEMS = ('state', 'meta')
 
@@ -208,9 +210,8 @@ def describe_damage(step_dir: str, item: str, error: BaseException) -> str:
   ('meta' or 'state') was read: the missing item directory, else the JSON
   file that does not parse, else the last file the error names, else the
   item's directory; then the error's first line."""
-  reason = f'{type(error).__name__}: ' + (str(error).strip().splitlines()
-                                         or [''])[0]
-  reason = reason.split(' See full TensorStore details')[0][:300]
+  reason = one_line(error, 10_000).split(' See full TensorStore details')[0]
+  reason = reason[:300]
   for name in _ITEMS:
     if not os.path.isdir(os.path.join(step_dir, name)):
       return f'{os.path.join(step_dir, name)} is missing ({reason})'
