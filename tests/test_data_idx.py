@@ -56,6 +56,17 @@ def test_bad_files_and_missing_dirs_are_named(tmp_path):
     load_dataset({'name': 'imagenet1'})
 
 
+def test_auto_names_both_places_when_it_finds_neither(tmp_path):
+  # a fresh machine: no IDX files, no prepared tfds directory (or no tfds)
+  empty = str(tmp_path / 'empty')
+  os.makedirs(empty)
+  with pytest.raises(FileNotFoundError) as e:
+    fashion_mnist.load('train', empty)
+  msg = str(e.value)
+  assert f'no IDX files in {empty!r}' in msg and 'apt-get install' in msg
+  assert 'tfds' in msg and '\n' not in msg
+
+
 def test_batches_are_deterministic_resumable_and_sharded():
   ds = ArrayDataset(np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2, 1),
                     np.arange(20, dtype=np.int32))

@@ -89,4 +89,11 @@ def load(split: str, data_dir: Optional[str] = None, source: str = 'auto',
     if idx_dir is None:
       raise FileNotFoundError(f'no data_dir given for {name}. ' + HOW_TO_GET)
     return load_idx_dir(idx_dir, split)
-  return load_tfds(name, data_dir, split)
+  try:
+    return load_tfds(name, data_dir, split)
+  except (FileNotFoundError, ImportError) as e:
+    # 'auto' found neither: name both places, then how to get it
+    first = (str(e).splitlines() or [''])[0].split('. ')[0]
+    raise FileNotFoundError(
+        f'{name} not found: no IDX files in {idx_dir!r}, and {first}. '
+        + HOW_TO_GET) from None

@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from demp_jax.data.arrays import ArrayDataset
+from demp_jax.errors import one_line
 
 # The library's split names ('train', 'test') -> the tfds split names.
 SPLIT_NAMES = {'imagenet2012': {'train': 'train', 'test': 'validation'}}
@@ -114,7 +115,7 @@ def data_source(name: str, data_dir: Optional[str], split: str,
           'datasets config.dataset.train_split / test_split choose them, '
           "e.g. 'train[:90%]' and 'train[90%:]')") from None
     raise FileNotFoundError(prepare_hint(name, data_dir) +
-                            f' (tfds said: {type(e).__name__}: {e})') from e
+                            f' (tfds said: {one_line(e)})') from e
   shards = check_shards(src, name, kwargs['split'])
   if raw_images:
     try:
