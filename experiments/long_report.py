@@ -204,14 +204,21 @@ def ablation_table(base_rows: list[dict], parts: dict[str, list[dict]]
   return lines
 
 
+RESTORED = 'record.json'  # a collapse run's record, restored from --out
+
+
 def collapse_records(sweep: str) -> dict[str, list[dict]]:
   """``{run name: [{'step', 'test_accuracy', ...}]}`` of the single runs
-  under ``sweep/collapse`` that finished."""
+  under ``sweep/collapse`` that finished (or were restored)."""
   root = os.path.join(sweep, 'collapse')
   out = {}
   for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     path = os.path.join(root, name, 'summary.json')
-    if os.path.exists(path):
+    restored = os.path.join(root, name, RESTORED)
+    if not os.path.exists(path) and os.path.exists(restored):
+      with open(restored) as f:
+        out[name] = json.load(f)
+    elif os.path.exists(path):
       with open(path) as f:
         s = json.load(f)
       out[name] = {'evals': s['evals'], 'test_accuracy': s['test_accuracy'],
@@ -370,12 +377,61 @@ def write_report(sweep: str, out: str) -> str:
   return path
 
 
+def restore(results: str, sweep: str) -> list[str]:
+  """Seeds ``sweep`` from a report's ``results`` directory, so that a queue
+  started on a fresh checkout skips what the committed results hold:
+  ``<part>.jsonl`` -> ``sweep/<part>/results.jsonl``, ``<dir>.json`` (and
+  ``<dir>_loadavg.txt``) -> ``sweep/<dir>/bench_train.json`` (and
+  ``load_samples.txt``), each collapse record -> ``sweep/collapse/<name>/``
+  :data:`RESTORED`. Never overwrites what ``sweep`` already has; returns
+  the paths written."""
+  if not os.path.isdir(results):
+    raise FileNotFoundError(f'--out {results!r} is not a directory')
+  copies = []  # (source, destination)
+  for name in sorted(os.listdir(results)):
+    stem, src = os.path.splitext(name)[0], os.path.join(results, name)
+    if name.endswith('.jsonl'):
+      copies.append((src, os.path.join(sweep, stem, RESULTS)))
+    elif name.startswith('bench_train') and name.endswith('.json'):
+      copies.append((src, os.path.join(sweep, stem, 'bench_train.json')))
+    elif name.startswith('bench_train') and name.endswith('_loadavg.txt'):
+      copies.append((src, os.path.join(sweep, stem[:-len('_loadavg')],
+                                       'load_samples.txt')))
+  written = []
+  for src, dst in copies:
+    if not os.path.exists(dst):
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.copyfile(src, dst)
+      written.append(dst)
+  collapse = os.path.join(results, 'collapse.json')
+  if os.path.exists(collapse):
+    with open(collapse) as f:
+      records = json.load(f)
+    for name, record in sorted(records.items()):
+      run = os.path.join(sweep, 'collapse', name)
+      if not any(os.path.exists(os.path.join(run, n))
+                 for n in ('summary.json', RESTORED)):
+        os.makedirs(run, exist_ok=True)
+        with open(os.path.join(run, RESTORED), 'w') as f:
+          json.dump(record, f, indent=1)
+        written.append(os.path.join(run, RESTORED))
+  return written
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(prog='python -m experiments.long_report',
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--sweep', required=True, help='the sweep OUT directory')
   p.add_argument('--out', required=True, help='where to write the report')
+  p.add_argument('--restore', action='store_true',
+                 help='instead: seed --sweep from the results in --out '
+                      '(a fresh checkout continues the queue)')
   args = p.parse_args(argv)
+  if args.restore:
+    written = restore(args.out, args.sweep)
+    print(f'restored {len(written)} file(s) into {args.sweep} from '
+          f'{args.out}')
+    return 0
   if not os.path.isdir(args.sweep):
     p.error(f'--sweep {args.sweep!r} is not a directory')
   print(write_report(args.sweep, args.out))

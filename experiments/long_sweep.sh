@@ -11,7 +11,10 @@
 # Resumable: experiments.tradeoff skips the rows already in each part's
 # results.jsonl (an unfinished run restarts from an empty workdir) and the
 # single runs are skipped once their summary.json exists, so running the
-# same command again continues where it stopped. Parts (OUT/<part>):
+# same command again continues where it stopped. On a fresh checkout (OUT
+# gone) it first restores OUT from the committed results/long_fmnist_cnn
+# (`long_report --restore`), so the queue goes on from the rows already
+# there instead of starting over. Parts (OUT/<part>):
 #
 #   collapse/  the 3-epoch demo evaluated every 50 steps, with the moving
 #              averages and with recalibrated BatchNorm statistics
@@ -46,7 +49,9 @@ sweep() {  # PART [experiments.tradeoff options]
 single() {  # WORKDIR [experiments.train options]
   local dir=$1
   shift
-  if [ -f "$dir/summary.json" ]; then return 0; fi
+  if [ -f "$dir/summary.json" ] || [ -f "$dir/record.json" ]; then
+    return 0  # finished, or restored from the committed results
+  fi
   rm -rf "$dir"
   "$PY" -m experiments.train --config "$CONFIG" --workdir "$dir" \
     --config.progress=False "$@"
@@ -56,6 +61,15 @@ grids() {  # KNOBS: --grid METHOD=KNOBS for every baseline
   local m
   for m in ${BASELINES//,/ }; do printf -- '--grid %s=%s ' "$m" "$1"; done
 }
+
+# 0. What the committed results already hold (written by long_report),
+#    restored by this script's own checkout (the working directory may be
+#    an older commit).
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+OUT_ABS=$(cd "$OUT" && pwd)
+(cd "$ROOT" && "$PY" -m experiments.long_report --restore --sweep "$OUT_ABS" \
+  --out "$ROOT/results/long_fmnist_cnn")
 
 # 1. The 3-epoch collapse: the demo, evaluated every 50 steps.
 for b in 0 16; do

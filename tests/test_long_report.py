@@ -5,6 +5,7 @@ import os
 import pytest
 
 from experiments import long_report
+from experiments.tradeoff import read_rows
 
 
 def _row(method, knob, seed, acc, units, status='ok'):
@@ -90,9 +91,9 @@ def _evals(seconds_per_step, accs, every=100):
           for i, a in enumerate(accs)]
 
 
-def test_time_to_accuracy_is_read_against_the_dense_training_time(tmp_path):
+def _bench() -> dict:
   demp_evals = _evals(0.5, [0.6, 0.89, 0.91, 0.92])
-  bench = {
+  return {
       'machine': 'test machine', 'target_accuracy': 0.88,
       'dense_final_target': 0.92,
       'runs': {
@@ -117,6 +118,10 @@ def test_time_to_accuracy_is_read_against_the_dense_training_time(tmp_path):
               'time_to_target': {'step': 100, 'train_seconds': 100.0},
               'time_to_dense_final': None,
               'evals': _evals(1.0, [0.88, 0.9, 0.92, 0.93])}}}
+
+
+def test_time_to_accuracy_is_read_against_the_dense_training_time(tmp_path):
+  bench = _bench()
   table = '\n'.join(long_report.bench_table(bench))
   assert ('| demp | 0.9200 (-1.00 points) | 0.750 | 200.0 (0.500x) | 3.0 | '
           'step 200, 100.0 s (0.250x) | step 400, 200.0 s (0.500x) |') in table
@@ -134,3 +139,34 @@ def test_time_to_accuracy_is_read_against_the_dense_training_time(tmp_path):
   assert '## Time to accuracy: `bench_train`' in open(path).read()
   assert (tmp_path / 'out' / 'bench_train.json').exists()
   assert (tmp_path / 'out' / 'bench_train_loadavg.txt').exists()
+
+
+def test_a_fresh_checkout_restores_the_committed_results(tmp_path):
+  sweep, out = tmp_path / 'sweep', tmp_path / 'out'
+  _write(str(sweep / 'main'), MAIN)
+  _write(str(sweep / 'abl_l2'), [_row('demp', 0.01, 0, 0.95, 0.5)])
+  os.makedirs(sweep / 'bench_train')
+  (sweep / 'bench_train' / 'bench_train.json').write_text(
+      json.dumps(_bench()))
+  (sweep / 'bench_train' / 'load_samples.txt').write_text('0.1 0.1 0.1\n')
+  os.makedirs(sweep / 'collapse' / 'demo')
+  (sweep / 'collapse' / 'demo' / 'summary.json').write_text(json.dumps({
+      'evals': _evals(1.0, [0.8, 0.3, 0.9]), 'test_accuracy': 0.9,
+      'neuron_sparsity': 0.7, 'pruning_events': [
+          {'step': 2, 'live_units': {'a': 3, 'b': 4}}]}))
+  report = open(long_report.write_report(str(sweep), str(out))).read()
+  assert '0.9000' in report and 'collapse' in report
+  # the runs' directory is gone (a fresh checkout): restore, report again
+  fresh = tmp_path / 'fresh'
+  written = long_report.restore(str(out), str(fresh))
+  assert (fresh / 'main' / 'results.jsonl').read_text() == \
+      (sweep / 'main' / 'results.jsonl').read_text()
+  assert (fresh / 'bench_train' / 'load_samples.txt').exists()
+  assert (fresh / 'collapse' / 'demo' / long_report.RESTORED).exists()
+  again = open(long_report.write_report(str(fresh), str(tmp_path / 'o2')))
+  assert again.read() == report
+  # what the sweep already holds is never overwritten
+  _write(str(fresh / 'main'), MAIN[:1])
+  assert long_report.restore(str(out), str(fresh)) == []
+  assert len(written) == 5  # 2 parts, the bench and its load, collapse
+  assert len(read_rows(str(fresh / 'main'))) == 1
