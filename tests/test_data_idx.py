@@ -49,6 +49,8 @@ def test_bad_files_and_missing_dirs_are_named(tmp_path):
     idx.read_idx(str(bad))
   with pytest.raises(FileNotFoundError, match='does not exist.*apt-get'):
     fashion_mnist.load('train', str(tmp_path / 'nope'), 'idx')
+  with pytest.raises(FileNotFoundError, match='x.gz.* is a file, not a dir'):
+    fashion_mnist.load('train', str(bad), 'idx')
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(FileNotFoundError, match='train-images-idx3-ubyte'):
     fashion_mnist.load('train', str(tmp_path / 'empty'), 'idx')

@@ -13,6 +13,7 @@ import numpy as np
 
 from demp_jax.data import idx
 from demp_jax.data.arrays import ArrayDataset
+from demp_jax.errors import why_not_a_directory
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 _FILES = {'train': 'train-{}-idx{}-ubyte', 'test': 't10k-{}-idx{}-ubyte'}
@@ -31,8 +32,8 @@ def load_idx_dir(data_dir: str, split: str) -> ArrayDataset:
   """Reads ``split`` ('train' or 'test') from IDX files in ``data_dir``."""
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(
-        f'Fashion-MNIST data directory {data_dir!r} does not exist. '
-        + HOW_TO_GET)
+        f'Fashion-MNIST data directory {data_dir!r} '
+        f'{why_not_a_directory(data_dir)}. ' + HOW_TO_GET)
   try:
     image_file = idx.find_idx(data_dir, _FILES[split].format('images', 3))
     label_file = idx.find_idx(data_dir, _FILES[split].format('labels', 1))

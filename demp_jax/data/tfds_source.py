@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from demp_jax.data.arrays import ArrayDataset
-from demp_jax.errors import one_line
+from demp_jax.errors import one_line, why_not_a_directory
 
 # The library's split names ('train', 'test') -> the tfds split names.
 SPLIT_NAMES = {'imagenet2012': {'train': 'train', 'test': 'validation'}}
@@ -98,8 +98,9 @@ def data_source(name: str, data_dir: Optional[str], split: str,
   """
   tfds = _tfds()
   if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(f'config.dataset.data_dir={data_dir!r} does not '
-                            'exist. ' + prepare_hint(name, data_dir))
+    raise FileNotFoundError(f'config.dataset.data_dir={data_dir!r} '
+                            f'{why_not_a_directory(data_dir)}. ' +
+                            prepare_hint(name, data_dir))
   check_info_files(name, data_dir or default_data_dir())
   kwargs = dict(split=split_name(name, split), data_dir=data_dir,
                 download=False)
