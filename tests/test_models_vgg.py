@@ -71,3 +71,21 @@ def test_vgg16_conv_bias_is_sliced_and_shrink_is_exact(vgg16_small):
   for i in range(13):
     assert res.variables['params'][f'conv_{i}']['bias'].shape == (
         int(keep[f'conv_{i}'].sum()),)
+
+
+def test_pools_the_model_cannot_hold_are_named():
+  with pytest.raises(ValueError, match=r'pool_after=\(0, 5\) names conv 5, '
+                     'and the model has 2 convs'):
+    models.build_model({'name': 'vgg', 'conv_widths': (8, 16),
+                        'pool_after': (0, 5)})
+  # five 2x2 pools on 28x28: 14, 7, 3, 1, then nothing (it used to fail
+  # later, blaming a width of 0)
+  deep = models.build_model({'name': 'vgg', 'conv_widths': (8,) * 5,
+                             'pool_after': (0, 1, 2, 3, 4)})
+  with pytest.raises(ValueError, match='max-pool after conv 4 .* meets a 1x1 '
+                     'feature map'):
+    Net.create(deep, (28, 28, 1), init=False)
+  head = models.build_model({'name': 'vgg', 'conv_widths': (8,),
+                             'pool_after': (0,), 'head_pool': 16})
+  with pytest.raises(ValueError, match='head_pool=16 meets a 14x14'):
+    Net.create(head, (28, 28, 1), init=False)

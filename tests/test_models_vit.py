@@ -146,3 +146,12 @@ def test_heads_as_units():
                                                                 bool)},
                         probe=x)
   assert res1.max_output_change <= 1e-5
+
+
+def test_a_patch_size_that_does_not_divide_the_input_is_named():
+  m = models.build_model({'name': 'vit', 'patch_size': 7, 'hidden_size': 8,
+                          'depth': 1, 'num_heads': 2, 'mlp_dim': 16})
+  with pytest.raises(ValueError, match='patch_size=7 does not divide the '
+                     '32x32 input'):
+    Net.create(m, (32, 32, 3), init=False)
+  Net.create(m, (28, 28, 3), init=False)  # 4 x 4 patches

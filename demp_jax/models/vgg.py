@@ -39,6 +39,15 @@ class VGG(nn.Module):
   head_pool: int = 0
   last_conv_width: Optional[int] = None
 
+  def __post_init__(self):
+    n = len(self.conv_channels)
+    outside = [int(i) for i in self.pool_after if not 0 <= int(i) < n]
+    if outside:
+      raise ValueError(
+          f'config.model.pool_after={tuple(self.pool_after)} names conv '
+          f'{outside[0]}, and the model has {n} convs (0 to {n - 1})')
+    super().__post_init__()
+
   @property
   def conv_channels(self) -> tuple[int, ...]:
     """The conv widths in use (``last_conv_width`` applied)."""
@@ -57,9 +66,12 @@ class VGG(nn.Module):
       x = layers.batch_norm(train, f'conv_bn_{i}')(x)
       x = act(x)
       if i in self.pool_after:
+        _require_room(x, 2, f'the 2x2 max-pool after conv {i} '
+                      f'(config.model.pool_after={tuple(self.pool_after)})')
         x = layers.max_pool_tiles(x, 2)
     if self.head_pool:
       k = int(self.head_pool)
+      _require_room(x, k, f'config.model.head_pool={k}')
       x = nn.avg_pool(x, (k, k), strides=(k, k))
     x = x.reshape((x.shape[0], -1))  # NHWC flatten: channel fastest
     for j, d in enumerate(self.dense_widths):
@@ -69,6 +81,15 @@ class VGG(nn.Module):
       x = act(x)
     return nn.Dense(self.num_classes, kernel_init=layers.lecun_normal(),
                     name='logits')(x)
+
+
+def _require_room(x: jax.Array, k: int, what: str) -> None:
+  """A ``ValueError`` when a ``k x k`` VALID pool would leave no
+  position of ``x [B, H, W, C]`` (the layers after it would be empty)."""
+  if x.shape[1] < k or x.shape[2] < k:
+    raise ValueError(f'{what} meets a {x.shape[1]}x{x.shape[2]} feature '
+                     'map and would leave nothing of it: pool less for this '
+                     'input size')
 
 
 class VGG16(VGG):

@@ -192,6 +192,10 @@ class ViT(nn.Module):
     del train
     p = int(self.patch_size)
     d = int(self.hidden_size)
+    if x.shape[1] % p or x.shape[2] % p:
+      raise ValueError(f'config.model.patch_size={p} does not divide the '
+                       f'{x.shape[1]}x{x.shape[2]} input: the patches would '
+                       'leave its last rows or columns out')
     x = nn.Conv(d, (p, p), strides=(p, p), padding='VALID',
                 name='patch_embed')(x)
     b = x.shape[0]
