@@ -8,7 +8,8 @@ parse or raises, an unknown or invalid override, a config value out of its
 range, a workdir that is a file or cannot be written) is one ``error: ...``
 line on stderr and exit code 2, before anything is loaded, compiled or
 written. A run that fails (a data file, a non-finite loss, no checkpoint
-that restores) is one line and exit code 1.
+that restores, another run's checkpoints) is one line and exit code 1;
+an interrupted one (Ctrl-C) says where it can resume, exit code 130.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ import ml_collections
 from ml_collections import config_flags
 
 from demp_jax.training import validate
+from demp_jax.training import workdir
 
-BAD_COMMAND_LINE, RUN_FAILED = 2, 1
+BAD_COMMAND_LINE, RUN_FAILED, INTERRUPTED = 2, 1, 130
 
 SHOWN = ('test_accuracy', 'neuron_sparsity', 'param_sparsity', 'units_initial',
          'units_final', 'params_initial', 'params_final', 'flops_initial',
@@ -61,6 +63,8 @@ def main(argv):
     if created:
       _remove_if_empty(workdir)
     fail(e, RUN_FAILED)
+  except KeyboardInterrupt:
+    fail(f'interrupted; {last_checkpoint(workdir)}', INTERRUPTED)
   width = max(map(len, SHOWN))
   print(f'\nsummary ({workdir}/summary.json):')
   for k in SHOWN:
@@ -77,6 +81,10 @@ def prepare_workdir(path: str) -> bool:
   if os.path.exists(path) and not os.path.isdir(path):
     fail(f'--workdir={path} is an existing file, not a directory',
          BAD_COMMAND_LINE)
+  try:
+    workdir.check_outputs(path)
+  except OSError as e:
+    fail(f'--workdir={path}: {e}', BAD_COMMAND_LINE)
   created = not os.path.exists(path)
   try:
     os.makedirs(path, exist_ok=True)
@@ -88,6 +96,17 @@ def prepare_workdir(path: str) -> bool:
     fail(f'--workdir={path} cannot be written: {e.strerror or e}',
          BAD_COMMAND_LINE)
   return created
+
+
+def last_checkpoint(workdir: str) -> str:
+  """Where an interrupted run can resume from, in words."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(d) for d in (os.listdir(directory) if os.path.isdir(
+      directory) else []) if d.isdigit())
+  if not steps:
+    return 'no checkpoint was written'
+  return (f'the last checkpoint is step {steps[-1]} in {directory} '
+          '(--config.resume=True continues from it)')
 
 
 def _remove_if_empty(path: str) -> None:

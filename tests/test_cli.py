@@ -46,6 +46,14 @@ def one_error_line(r) -> str:
     ('--config.model.name=vgq', "config.model.name='vgq' is not a known model"),
     ('--config.optimizer.name=adamm',
      "config.optimizer.name='adamm' is not a known optimizer"),
+    # the algorithm's default probe split, not set in the config
+    ('--config.sparsity_config.algorithm=synaptic_stripping',
+     "probes the 'holdout' split by default, and config.dataset.holdout is "
+     'not set'),
+    ('--config.log_every=0', 'config.log_every=0 is not an integer >= 1'),
+    ('--config.model.pool_after=(0,7)',
+     'config.model.pool_after=(0, 7) names conv 7, and the model has 2 '
+     'convs'),
 ])
 def test_a_bad_config_value_stops_before_anything_runs(tmp_path, override,
                                                        expected):
@@ -115,6 +123,53 @@ def test_a_workdir_that_is_a_file(tmp_path):
   assert one_error_line(r) == (f'error: --workdir={a_file} is an existing '
                                'file, not a directory')
   assert a_file.read_text() == 'keep me'
+
+
+def test_a_file_where_the_run_keeps_a_directory_is_named(tmp_path):
+  # it used to train to the first checkpoint, then hang in orbax for
+  # minutes; a directory named like the summary failed only at the end
+  for name, expected in (('checkpoints', 'checkpoints is a file'),
+                         ('summary.json', 'summary.json is a directory')):
+    work = tmp_path / name.split('.')[0]
+    work.mkdir()
+    if name == 'checkpoints':
+      (work / name).write_text('keep me')
+    else:
+      (work / name).mkdir()
+    r, seconds = run('--workdir', str(work))
+    assert r.returncode == 2 and seconds < SECONDS
+    assert f'{work / name.split(".")[0]}' in one_error_line(r)
+    assert expected in one_error_line(r)
+  assert (tmp_path / 'checkpoints' / 'checkpoints').read_text() == 'keep me'
+
+
+def test_ctrl_c_says_where_the_run_can_resume(tmp_path):
+  if not os.path.isdir('/usr/share/datasets/fashion-mnist'):
+    pytest.skip('Fashion-MNIST is not installed')
+  import signal  # pylint: disable=g-import-not-at-top
+  work = tmp_path / 'run'
+  p = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', '--config', TINY,
+       '--workdir', str(work), '--config.num_steps=100000',
+       '--config.checkpoint_every=5', '--config.progress=False'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      # a shell's background job would inherit SIGINT ignored
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    t0 = time.perf_counter()
+    while not any(d.isdigit() for d in (os.listdir(work / 'checkpoints') if (
+        work / 'checkpoints').is_dir() else [])):
+      assert p.poll() is None and time.perf_counter() - t0 < 120
+      time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+  finally:
+    p.kill()
+  assert p.returncode == 130, err[-2000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('error: interrupted; the last checkpoint is step ')
+  step = int(last.split('step ')[1].split()[0])
+  assert (work / 'checkpoints' / str(step)).is_dir()  # finished, resumable
 
 
 def _exits(fn, *args, capsys):

@@ -1,5 +1,6 @@
 """The trainer end to end on tiny real-data settings, and its failures."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,7 +122,9 @@ def test_no_prune_is_the_dense_reference(tmp_path):
 
 @needs_fmnist
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  c = tiny(**{'optimizer.learning_rate': 1e30, 'checkpoint_every': 1,
+  # (1e30 gives NaN at step 1, before any good checkpoint; 1e6 diverges
+  # over a few steps)
+  c = tiny(**{'optimizer.learning_rate': 1e6, 'checkpoint_every': 1,
               'sparsity_config.algorithm': 'no_prune',
               'optimizer.schedule': 'constant'})
   with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint'):
@@ -129,8 +132,43 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   s = json.load(open(tmp_path / 'summary.json'))
   assert s['status'] == 'non_finite_loss'
   good = s['last_good_checkpoint']
-  assert good is not None and good < s['step'] + 1
+  # checkpoint s['step'] holds the weights that gave the non-finite loss:
+  # set aside (kept), so that a resume starts from the one before
+  assert good is not None and good < s['step']
   assert os.path.isdir(tmp_path / 'checkpoints' / str(good))
+  assert not os.path.exists(tmp_path / 'checkpoints' / str(s['step']))
+  assert os.path.isdir(tmp_path / 'checkpoints.nonfinite' / str(s['step']))
+  assert 'moved to' in s['error']
+  # a sane learning rate resumes from the good one and finishes
+  c.optimizer.learning_rate, c.resume = 1e-3, True
+  done = loop.train(c, str(tmp_path))
+  assert done['resumed_from'] == good
+  assert math.isfinite(done['final_train_loss'])
+
+
+@needs_fmnist
+def test_a_resume_under_another_config_is_refused(tmp_path):
+  c = tiny(**{'sparsity_config.algorithm': 'no_prune', 'num_steps': 4,
+              'checkpoint_every': 2})
+  loop.train(c, str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  wider = tiny(**{'sparsity_config.algorithm': 'no_prune', 'num_steps': 4,
+                  'checkpoint_every': 2, 'resume': True,
+                  'model.conv_widths': (16, 32)})
+  # it used to resume silently at the checkpoint's widths
+  with pytest.raises(ValueError, match='config.model.conv_widths is '
+                     r'\[16, 32\] here and \[8, 16\]'):
+    loop.train(wider, str(tmp_path))
+  other = tiny(**{'num_steps': 4, 'resume': True, 'checkpoint_every': 2})
+  with pytest.raises(ValueError, match="sparsity_config.algorithm is 'demp' "
+                     "here and 'no_prune'"):
+    loop.train(other, str(tmp_path))
+  shorter = tiny(**{'sparsity_config.algorithm': 'no_prune', 'num_steps': 3,
+                    'checkpoint_every': 2, 'resume': True})
+  with pytest.raises(ValueError, match='config.num_steps=3 is below step 4 '
+                     'of the newest checkpoint'):
+    loop.train(shorter, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before  # kept
 
 
 def test_missing_data_directory_is_named(tmp_path):

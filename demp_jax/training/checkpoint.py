@@ -86,6 +86,17 @@ class Checkpointer:
     return self._mngr.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
 
+  def newest_meta(self) -> Optional[tuple[int, dict]]:
+    """``(step, meta)`` of the newest step whose meta reads (None when
+    none does; :meth:`restore_latest` names the damage)."""
+    for step in sorted(self._mngr.all_steps(), reverse=True):
+      try:
+        with _quiet_orbax_cleanup():
+          return step, self.read_meta(step)
+      except Exception:  # pylint: disable=broad-except
+        continue
+    return None
+
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores the arrays into ``abstract_state`` (shapes, dtypes and
     shardings from ``jax.eval_shape`` at the checkpoint's widths)."""
@@ -123,7 +134,7 @@ class Checkpointer:
       for s, fault in failed:
         _say(f'checkpoint: step {s} does not restore: {fault}')
       if failed:
-        moved = self._set_aside([s for s, _ in failed])
+        moved = self.set_aside([s for s, _ in failed], 'corrupt')
         _say(f'checkpoint: resuming from step {step}, the newest checkpoint '
              f'that restores; the damaged newer step(s) were moved to '
              f'{", ".join(moved)}')
@@ -138,12 +149,13 @@ class Checkpointer:
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def _set_aside(self, steps: list[int]) -> list[str]:
-    """Moves step directories to ``DIRECTORY.corrupt/STEP[.N]`` (process 0
-    only) and makes orbax forget them."""
+  def set_aside(self, steps: list[int], why: str) -> list[str]:
+    """Moves step directories to ``DIRECTORY.<why>/STEP[.N]`` (process 0
+    only; never deletes) and makes orbax forget them, so that a resume
+    does not pick them."""
     moved = []
     for step in steps:
-      dest = os.path.join(self.directory + '.corrupt', str(step))
+      dest = os.path.join(f'{self.directory}.{why}', str(step))
       n = 0
       while os.path.exists(dest if not n else f'{dest}.{n}'):
         n += 1

@@ -57,6 +57,7 @@ from demp_jax.data import train_batches
 from demp_jax.training import held as held_lib
 from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import parallel
+from demp_jax.training import workdir as workdir_lib
 from demp_jax.training.loop import build, evaluate, make_step
 from demp_jax.training.options import require
 from demp_jax.training.steps import TrainState
@@ -105,6 +106,7 @@ def run_cycles(config, workdir: str) -> dict:
   ``workdir/summary.json``."""
   parallel.maybe_initialize_distributed(config)
   dp = parallel.DataParallel()
+  workdir_lib.check_outputs(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   opts = require(config, ('seed', 'batch_size', 'eval_batch_size',

@@ -36,6 +36,7 @@ from demp_jax.training import held as held_lib
 from demp_jax.training import metrics as metrics_lib
 from demp_jax.training import optim
 from demp_jax.training import parallel
+from demp_jax.training import workdir as workdir_lib
 from demp_jax.training.options import TrainOptions
 from demp_jax.training.recalibrate import EvalView
 from demp_jax.training.record import RunRecord
@@ -52,7 +53,6 @@ class NonFiniteLossError(FloatingPointError):
 class Setup(NamedTuple):
   splits: Any
   input_shape: tuple
-  model_config: dict
   model: Net        # the model as the library sees it, at full width
   variables: dict
   topology: topo.UnitTopology
@@ -94,7 +94,7 @@ def build(config, num_steps: int) -> Setup:
         'lines above say why each part is left out); train it with an '
         'unstructured method or sparsity_config.algorithm=no_prune')
   tx = updater.wrap_optax(optim.make_optimizer(config.optimizer, num_steps))
-  return Setup(splits, input_shape, model_cfg, net, variables, net.topology,
+  return Setup(splits, input_shape, net, variables, net.topology,
                updater, tx)
 
 
@@ -222,12 +222,28 @@ def open_checkpoints(workdir: str, resume: bool) -> ckpt_lib.Checkpointer:
   return ckpt
 
 
-def save(ckpt: ckpt_lib.Checkpointer, model_config: dict, record: RunRecord,
+def save(ckpt: ckpt_lib.Checkpointer, identity: dict, record: RunRecord,
          step: int, state: TrainState) -> None:
-  """A checkpoint of ``state`` with the record as its meta."""
-  ckpt.save(step, state, {'step': step, 'model': model_config,
+  """A checkpoint of ``state`` with the record and the run's identity
+  (:func:`demp_jax.training.workdir.run_identity`) as its meta."""
+  ckpt.save(step, state, {'step': step, 'run_config': identity,
                           'run': record.to_json()})
-  record.last_good = step
+
+
+def check_resume(ckpt: ckpt_lib.Checkpointer, identity: dict,
+                 num_steps: int) -> None:
+  """A ``ValueError`` when the newest checkpoint is of another run
+  (:func:`demp_jax.training.workdir.check_same_run`) or past
+  ``num_steps``, before anything is restored."""
+  newest = ckpt.newest_meta()
+  if newest is None:
+    return
+  step, meta = newest
+  if step > num_steps:
+    raise ValueError(
+        f'config.num_steps={num_steps} is below step {step} of the newest '
+        f'checkpoint in {ckpt.directory}: set num_steps >= {step} to resume')
+  workdir_lib.check_same_run(identity, meta, step, ckpt.directory)
 
 
 def restore(ckpt: ckpt_lib.Checkpointer, setup: Setup,
@@ -273,16 +289,21 @@ def train(config, workdir: str) -> dict:
   dp = parallel.DataParallel()
   validate_config(config, num_devices=dp.num_devices)
   opts = TrainOptions.from_config(config)
+  workdir_lib.check_outputs(workdir)
   t_start = time.perf_counter()
   setup = build(config, opts.num_steps)
   os.makedirs(workdir, exist_ok=True)  # nothing written before the data
+  identity = workdir_lib.run_identity(config)
   splits, seed = setup.splits, opts.seed
   batches_from = lambda s: train_batches(
       splits.train, opts.batch_size, seed, s, dp.process_index,
       dp.process_count)
   with contextlib.ExitStack() as stack:
+    stack.enter_context(workdir_lib.exclusive(workdir, dp.process_index == 0))
     ckpt = stack.enter_context(contextlib.closing(
         open_checkpoints(workdir, opts.resume)))
+    if opts.resume:
+      check_resume(ckpt, identity, opts.num_steps)
     start, record, state, model = restore(ckpt, setup, dp, opts.resume)
     writer = stack.enter_context(contextlib.closing(metrics_lib.MetricWriter(
         workdir, enabled=dp.process_index == 0)))
@@ -290,7 +311,7 @@ def train(config, workdir: str) -> dict:
     sample = (*dp.shard_batch(next(batches_from(0))), key)
     compiler = Compiler(make_step(setup, opts.label_smoothing), sample)
     clock = TrainClock(record.train_seconds)
-    checkpoint = functools.partial(save, ckpt, setup.model_config, record)
+    checkpoint = functools.partial(save, ckpt, identity, record)
     view = EvalView(opts.bn_recalibration_batches, lambda step: (
         held_lib.draw_held(held_lib.split_source(splits, 'train', 'train'),
                            opts.bn_recalibration_batches, opts.batch_size,
@@ -320,8 +341,7 @@ def train(config, workdir: str) -> dict:
       record.step_seconds.append(time.perf_counter() - t0)
       record.final_train_loss = loss = float(metrics['loss'])
       if not math.isfinite(loss):
-        raise stop_non_finite(config, workdir, record, step, loss,
-                              ckpt.directory, dp)
+        raise stop_non_finite(config, workdir, step, loss, ckpt, dp)
       live = sum(record.live_units.values())
       if step % opts.log_every == 0 or step == opts.num_steps - 1:
         writer.write(step, {
@@ -357,14 +377,27 @@ def train(config, workdir: str) -> dict:
   return summary
 
 
-def stop_non_finite(config, workdir: str, record: RunRecord, step: int,
-                    loss: float, directory: str,
+def stop_non_finite(config, workdir: str, step: int, loss: float,
+                    ckpt: ckpt_lib.Checkpointer,
                     dp: parallel.DataParallel) -> NonFiniteLossError:
-  """Writes the stopped run's summary; returns the error to raise."""
-  last = record.last_good
+  """Sets aside the checkpoints whose weights gave the non-finite loss,
+  writes the stopped run's summary and returns the error to raise.
+
+  The loss of step ``s`` is computed from the weights after ``s`` updates,
+  which is checkpoint ``s``: it gave that loss, and a resume from it would
+  meet it again at once, so every checkpoint from step ``s`` on is moved
+  to ``checkpoints.nonfinite/`` (kept, not deleted). Each earlier one gave
+  a finite loss at its own step."""
+  bad = [s for s in ckpt.all_steps() if s >= step]
+  moved = ckpt.set_aside(bad, 'nonfinite') if bad else []
+  good = [s for s in ckpt.all_steps() if s < step]
+  last = good[-1] if good else None
   msg = (f'loss is {loss} at step {step}; the run stopped. ' +
-         (f'The last good checkpoint is step {last} in {directory}.'
-          if last is not None else 'No checkpoint was written before it.'))
+         (f'The last good checkpoint is step {last} in {ckpt.directory} '
+          '(config.resume=True continues from it).'
+          if last is not None else 'No checkpoint was written before it.') +
+         (f' The checkpoint of the weights that gave it was moved to '
+          f'{", ".join(moved)}.' if moved else ''))
   if dp.process_index == 0:
     metrics_lib.write_json(os.path.join(workdir, 'summary.json'), {
         'status': 'non_finite_loss', 'error': msg, 'step': step,

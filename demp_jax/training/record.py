@@ -72,7 +72,6 @@ class RunRecord:
     train_seconds: the training clock (evaluations excluded) at the last
       save, over every resumed part of the run.
     final_train_loss: the loss of the last step trained.
-    last_good: the step of the last checkpoint written.
   """
   params_initial: int
   units_initial: int
@@ -86,7 +85,6 @@ class RunRecord:
   step_seconds: list[float] = dataclasses.field(default_factory=list)
   train_seconds: float = 0.0
   final_train_loss: float = math.nan
-  last_good: Optional[int] = None
 
   @property
   def live_units(self) -> dict[str, int]:
@@ -104,6 +102,7 @@ class RunRecord:
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> 'RunRecord':
     d = dict(d)
+    d.pop('last_good', None)  # written by checkpoints before 2026-12
     d['live'] = _masks_from_json(d['live'])
     d['pending'] = (None if d.get('pending') is None else
                     PendingShrink.from_json(d['pending']))

@@ -154,7 +154,7 @@ RULES: dict[str, Allowed] = {
     'label_smoothing': number(0.0, 1.0, hi_open=True),
     'checkpoint_every': _COUNT0,
     'resume': FLAG,
-    'log_every': _COUNT0,
+    'log_every': _COUNT,
     'eval_every': _COUNT0,
     'round_widths_to': _COUNT,
     'shrink_delay': _COUNT0,
@@ -383,19 +383,30 @@ def _check_parts(config: Any) -> None:
     _as_config_error(models.build_model, cfg)
   if 'sparsity_config' in config:
     from demp_jax.algorithms import create_updater_from_config  # pylint: disable=g-import-not-at-top
-    _as_config_error(create_updater_from_config, config['sparsity_config'])
+    updater = _as_config_error(create_updater_from_config,
+                               config['sparsity_config'])
+    # the algorithm's own default, when the config does not set it
+    if (getattr(updater, 'probe_split', None) == 'holdout' and
+        'probe_split' not in config['sparsity_config'] and
+        not flatten(config).get('dataset.holdout')):
+      raise ConfigError(
+          'sparsity_config.algorithm='
+          f'{config["sparsity_config"].get("algorithm")!r} '
+          "probes the 'holdout' split by default, and config.dataset.holdout "
+          'is not set: set it to a number of training examples to keep out '
+          'of training, or set sparsity_config.probe_split')
   if 'optimizer' in config:
     from demp_jax.training import optim  # pylint: disable=g-import-not-at-top
     _as_config_error(optim.make_optimizer, config['optimizer'],
                      int(config.get('num_steps', 1) or 1))
 
 
-def _as_config_error(fn, *args) -> None:
-  """Runs ``fn``; its errors become a ConfigError (their messages name
-  the key; ImportError / RuntimeError: an optional package that is
-  missing or does not work here, e.g. JaxPruner)."""
+def _as_config_error(fn, *args) -> Any:
+  """Runs ``fn`` and returns its result; its errors become a ConfigError
+  (their messages name the key; ImportError / RuntimeError: an optional
+  package that is missing or does not work here, e.g. JaxPruner)."""
   try:
-    fn(*args)
+    return fn(*args)
   except (ValueError, TypeError, KeyError, ImportError, RuntimeError) as e:
     raise ConfigError(str(e.args[0] if isinstance(e, KeyError) and e.args
                           else e)) from None
