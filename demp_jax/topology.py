@@ -368,20 +368,28 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
 def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
                   alive: Mapping[str, Any]) -> dict[str, Any]:
-  """The *masked network*: every unit not alive outputs exactly ``act(0)``.
+  """The *masked network*: every unit not alive is cut out of the network,
+  which is what removing it computes.
 
-  Zeroes the produced params entries (kernel column, bias, norm scale and
-  offset) of dead units, and points index maps (``kind='index'``) that
-  produce a dead unit at "no unit" (-1). Running statistics are untouched:
-  with scale and offset zero a normalised unit outputs 0 whatever they hold.
+  Zeroes the dead units' produced params entries (kernel column, bias,
+  norm scale and offset: the unit outputs ``act(0)``) and their running
+  means (a norm without a scale, ``(x - mean) / std + offset``, then
+  outputs 0 as well), zeroes what their consumers read of them (kernel
+  rows: an ``act(0) != 0``, a sigmoid's 0.5, reaches nothing), and points
+  index maps (``kind='index'``) that produce a dead unit at "no unit" (-1).
   """
   out = dict(variables)
   for g in topology.groups:
     if g.name not in alive:
       continue
     a = alive[g.name]
-    for ref in g.produces:
-      if ref.collection != 'params' and ref.kind != 'index':
+    for ref in (*g.produces, *g.consumes):
+      running_mean = (ref.collection == 'batch_stats' and ref in g.produces
+                      and ref.key[1][-1] == 'mean')
+      index = ref.kind == 'index'
+      if index and ref not in g.produces:
+        continue  # renumbered by the shrink; what it reads is cut above
+      if ref.collection != 'params' and not (index or running_mean):
         continue
       leaf = get_leaf(out, ref.key)
       traced = _xp(leaf, a) is jnp

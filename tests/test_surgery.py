@@ -204,3 +204,51 @@ def test_a_model_returning_logits_and_features_is_checked_on_both():
   assert isinstance(shrunk, tuple) and len(shrunk) == 2
   for a, b in zip(shrunk, masked):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+class _NoScaleBN(flax.linen.Module):
+  """Dense without bias, BatchNorm without scale, ReLU: the usual advice
+  before a ReLU. Silencing a unit by its scale and offset is not enough
+  here: ``(0 - mean) / std`` stays."""
+
+  @flax.linen.compact
+  def __call__(self, x, train: bool = False):
+    nn = flax.linen
+    x = nn.Dense(10, use_bias=False, name='Dense_0')(x)
+    x = nn.BatchNorm(use_running_average=not train, use_scale=False)(x)
+    return nn.Dense(3, name='Dense_1')(nn.relu(x))
+
+
+class _Sigmoid(flax.linen.Module):
+  """Units whose activation is 0.5 at 0: cutting them is not zeroing
+  their incoming weights."""
+
+  @flax.linen.compact
+  def __call__(self, x):
+    nn = flax.linen
+    h = nn.sigmoid(nn.Dense(10, name='Dense_0')(x))
+    return nn.Dense(3, name='Dense_1')(h)
+
+
+@pytest.mark.parametrize('module', [_NoScaleBN, _Sigmoid])
+def test_removed_units_are_cut_out_whatever_they_output_at_zero(module):
+  from demp_jax.net import Net  # pylint: disable=g-import-not-at-top
+  net, v = Net.create(module(), input_shape=(16,))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 16)) + 0.5, jnp.float32)
+  if 'batch_stats' in v:  # real running statistics, far from 0
+    v = {**v, 'batch_stats': net.batch_statistics(v, x)}
+  (group,) = net.topology.names
+  keep = {group: np.arange(10) % 3 == 0}
+  # the probe check compares with the masked network: it must pass
+  res = surgery.shrink(net, v, keep, probe=x)
+  assert res.max_masked_diff < 1e-5
+  # and the masked network is the original with the removed units' reads
+  # zeroed in the consumer (what removal computes), not act(0) through them
+  kernel = np.array(v['params']['Dense_1']['kernel'])
+  kernel[~keep[group]] = 0
+  cut = {**v, 'params': {**v['params'], 'Dense_1': {
+      **v['params']['Dense_1'], 'kernel': jnp.asarray(kernel)}}}
+  if 'batch_stats' not in v:
+    np.testing.assert_allclose(res.model.apply(res.variables, x),
+                               net.apply(cut, x), atol=1e-5)
