@@ -53,6 +53,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -116,11 +117,14 @@ class Derivation:
     program: the traced forward pass.
     skipped: index spaces with non-linearity sites that are not unit
       groups, ``description -> reasons``.
+    out_tree: the ``PyTreeDef`` of ``fn``'s output, whose leaves are
+      ``program.outputs`` (logits, or a tuple or dict of arrays).
   """
   topology: topo.UnitTopology
   sites: dict
   program: prog.Program
   skipped: dict
+  out_tree: Any = None
 
 
 @dataclasses.dataclass
@@ -457,10 +461,14 @@ class _Analysis:
     n = self.s.size[self.s.find(d)]
     if start == 0 and stop == n:
       return d
+    kept = self.s.is_kept(d)
     parts = self.s.pieces(d, [start, stop])
     if parts is None:
       self.s.freeze(d, f'{e.name} at {e.where} cuts a merged axis')
       return None
+    if kept:  # the pieces of a unit axis (a gated unit's value and gate
+      for p in parts:  # columns, one each at width 1) are unit axes too
+        self.s.keep_size_one(p)
     out, off = [], 0
     for p in parts:
       s = self.s.size[self.s.find(p)]
@@ -757,7 +765,14 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
   A size-1 axis reads as a broadcast. ``units``, the topology of the same
   model before a shrink, names the parameter axes that carry units, so a
   group narrowed to one unit stays a group."""
-  program = prog.trace(fn, variables, x)
+  out_tree = []
+
+  def flat_fn(v, x):  # the output's leaves, its structure kept aside
+    leaves, tree = jax.tree.flatten(fn(v, x))
+    out_tree.append(tree)
+    return leaves
+
+  program = prog.trace(flat_fn, variables, x)
   an = _Analysis(program, _unit_axes(units))
   an.run()
   s = an.s
@@ -850,7 +865,8 @@ def derive(fn: Callable[[Any, Any], Any], variables: Mapping[str, Any],
     key = program.leaves[i]
     if key[0] == 'params' and (key[0], tuple(key[1])) not in in_groups:
       skipped[f'the parameter {_leafname(key)}'] = tuple(dict.fromkeys(ops))
-  return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped)
+  return Derivation(topo.UnitTopology(tuple(groups)), sites, program, skipped,
+                    out_tree[0])
 
 
 

@@ -91,6 +91,26 @@ def sizes_from_params(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
+def _lost(before: topo.UnitTopology, shapes: tuple,
+          groups: Sequence[topo.UnitGroup], skipped: tuple) -> tuple:
+  """``skipped`` entries for the groups of ``before`` (the topology before
+  a resize to ``shapes``) that the new derivation (``groups``,
+  ``skipped``) neither has nor names, nor removed whole (width 0): a group
+  never vanishes without a word."""
+  names = {g.name for g in groups}
+  said = ' '.join(what for what, _ in skipped)
+  shape_of = {key: shape for key, shape, _ in shapes}
+  out = []
+  for g in before.groups:
+    leaves = ['/'.join((r.collection,) + tuple(r.path)) for r in g.produces]
+    gone = any(0 in shape_of.get(r.key, ()) for r in g.produces)
+    if not (g.name in names or gone or any(l in said for l in leaves)):
+      out.append((f'the units produced by {g.name}',
+                  (f'resized from {g.size} units, they no longer read as a '
+                   f'unit group ({", ".join(leaves[:3])})',)))
+  return tuple(out)
+
+
 def _layout(group: topo.UnitGroup) -> frozenset:
   """What of a group's references does not depend on its width."""
   return frozenset((role, r.key, r.axis, r.tile, r.inner, r.kind)
@@ -169,9 +189,40 @@ def _restore_keys(tree: Any, keys: Any) -> Any:
 # ------------------------------------------------------------ the adapter
 
 
+class _Identity:
+  """Hashes and compares a value by identity (a module that holds a list,
+  which cannot be hashed by value)."""
+  __slots__ = ('value',)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, _Identity) and other.value is self.value
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+
+def _static(value: Any) -> Any:
+  """``value`` itself when it hashes, else its :class:`_Identity`."""
+  try:
+    hash(value)
+  except TypeError:
+    return _Identity(value)
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Net:
   """A model at fixed widths. Hashable: a static argument of ``jax.jit``.
+
+  Two nets are equal when their compared fields are, the module by value
+  when it hashes and by identity when it does not (``nn.Sequential([...])``
+  or an NNX module holding a list): equal nets compute the same thing, and
+  :meth:`at_widths` keeps the module object (Linen) or, at unchanged
+  shapes, the ``GraphDef`` (NNX), so a jitted function keyed on a net
+  compiles once per widths, whatever the module holds.
 
   Attributes:
     module: the Linen module, or the NNX ``GraphDef``.
@@ -187,6 +238,10 @@ class Net:
       host copies, checkpoints and surgery see plain arrays).
     skipped: index spaces with non-linearities that are not unit groups,
       ``((description, reasons), ...)``.
+    fixed: the groups :meth:`create` left out because the model code fixes
+      their width, ``((name, (description, reasons)), ...)``: every later
+      derivation (:meth:`at_widths`) leaves them out again, with the same
+      entry in ``skipped``, without tracing the model narrower again.
     axis_names: the ``axis_name`` of the model's layers (a BatchNorm written
       for ``pmap``, ``BatchNorm(axis_name='batch')``). One jitted program
       over the global batch already reduces over every device, so train
@@ -203,6 +258,19 @@ class Net:
   rng_keys: tuple = ()
   skipped: tuple = dataclasses.field(default=(), compare=False)
   axis_names: tuple = ()
+  fixed: tuple = dataclasses.field(default=(), compare=False)
+
+  def _key(self) -> tuple:
+    """The compared fields, the module as :func:`_static` makes it."""
+    return tuple(_static(getattr(self, f.name)) if f.name == 'module' else
+                 getattr(self, f.name)
+                 for f in dataclasses.fields(self) if f.compare)
+
+  def __eq__(self, other: Any) -> bool:
+    return type(other) is type(self) and self._key() == other._key()
+
+  def __hash__(self) -> int:
+    return hash(self._key())
 
   # ---- construction
 
@@ -264,8 +332,13 @@ class Net:
       return dataclasses.replace(self, topology=topology)
     d = derive_lib.derive(self._eval_fn, self.abstract_variables(),
                           self._abstract_input(), units=self.topology)
+    fixed = dict(self.fixed)
+    groups = tuple(g for g in d.topology.groups if g.name not in fixed)
     skipped = tuple((k, tuple(v)) for k, v in d.skipped.items())
-    return dataclasses.replace(self, topology=d.topology, skipped=skipped)
+    skipped += _lost(self.topology, self.shapes, groups, skipped) + tuple(
+        fixed.values())
+    return dataclasses.replace(self, topology=topo.UnitTopology(groups),
+                               skipped=skipped)
 
   def _drop_fixed_widths(self) -> 'Net':
     """Leaves out the groups whose width the model code fixes: traced with
@@ -318,12 +391,13 @@ class Net:
         why[name] = alone
     if not why:
       return self
-    skipped = list(self.skipped) + [
-        (f'the units produced by {name}', (f'{r}; its code fixes that width',))
-        for name, r in why.items()]
+    fixed = tuple((name, (f'the units produced by {name}',
+                          (f'{r}; its code fixes that width',)))
+                  for name, r in why.items())
     keep = tuple(g for g in groups if g.name not in why)
-    return dataclasses.replace(self, topology=topo.UnitTopology(keep),
-                               skipped=tuple(skipped))
+    return dataclasses.replace(
+        self, topology=topo.UnitTopology(keep), fixed=self.fixed + fixed,
+        skipped=self.skipped + tuple(entry for _, entry in fixed))
 
   def init(self, seed: int) -> dict:
     """Fresh variables (at the module's own widths) from ``seed``; a Linen
@@ -455,7 +529,9 @@ class Net:
   def activations(self, variables: Mapping[str, Any], x: jax.Array
                   ) -> tuple[jax.Array, dict[str, list[jax.Array]]]:
     """Eval-mode ``(logits, {group: [activation, ...]})``: every site of
-    every unit group, each ``[B, ..., n]`` with the units last."""
+    every unit group of :attr:`topology`, each ``[B, ..., n]`` with the
+    units last. ``logits`` is what the model returns (an array, or a tuple
+    or dict of them)."""
     variables = {k: v for k, v in variables.items()
                  if k not in ('activations', 'intermediates')}
     if self.handwritten:
@@ -469,9 +545,11 @@ class Net:
       return logits, {k: [v[-1]] for k, v in flat.items()}
     d = derive_lib.derive(self._eval_fn, variables, x, units=self.topology)
     _, leaves = _flat(variables)
-    names = list(d.sites)
+    # the groups of this net's topology: not those left out (fixed widths)
+    names = [n for n in self.topology.names if n in d.sites]
     extra = [s.var for n in names for s in d.sites[n]]
-    (logits,), values = _evaluate(d.program, leaves, x, extra)
+    outputs, values = _evaluate(d.program, leaves, x, extra)
+    logits = jax.tree.unflatten(d.out_tree, outputs)  # any output pytree
     out: dict[str, list] = {}
     it = iter(values)
     for n in names:
@@ -516,7 +594,7 @@ class Net:
       return net._with_topology()
     shapes = _resized_shapes(self.shapes, self.topology, widths)
     net = dataclasses.replace(self, shapes=shapes)
-    if self.is_nnx:
+    if self.is_nnx and shapes != self.shapes:  # (the same GraphDef: equal)
       net = dataclasses.replace(net, module=_nnx_graphdef_at(net))
     return net._with_topology() if rederive else net
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from demp_jax import derive, models, surgery, topology as topo
+from demp_jax import derive, models, stats, surgery, topology as topo
 from demp_jax.net import Net
 import user_models as um
 
@@ -168,6 +168,35 @@ def test_norm_over_the_units_and_fixed_widths_are_skipped_with_reasons():
   assert 'Conv_0' not in net.topology.names
   (why,) = [r for k, rs in net.skipped if 'Conv_0' in k for r in rs]
   assert 'does not run with them narrower' in why and 'Conv_2' in why
+
+
+def test_a_width_the_code_fixes_stays_left_out_across_shrinks(monkeypatch):
+  """The group left out at creation stays out, with its reason, in the
+  statistics and in every net a shrink returns (it used to come back after
+  any shrink, whose next shrink then failed), without tracing the model
+  narrower again."""
+  net, v = Net.create(um.FixedWidthMLP(), (4, 4, 3))
+  assert net.topology.names == ('Dense_0',)
+  (entry,) = [e for e in net.skipped if 'params/w' in e[0]]
+  assert 'its code fixes that width' in entry[1][0]
+  monkeypatch.setattr(Net, '_drop_fixed_widths', lambda self: pytest.fail(
+      'traced narrower again'))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4, 4, 3)),
+                  jnp.float32)
+  assert list(stats.saturation_stats(net, v, x[None], 0.0)) == ['Dense_0']
+  assert list(net.activations(v, x)[1]) == ['Dense_0']
+  res = surgery.shrink(net, v, {}, probe=x)  # removes nothing
+  for n in (5, 2):
+    assert res.model.topology.names == ('Dense_0',)
+    assert entry in res.model.skipped, res.model.skipped
+    assert res.model.fixed == net.fixed
+    res = surgery.shrink(res.model, res.variables,
+                         {'Dense_0': np.arange(res.model.widths[0]) < n},
+                         probe=x)
+    assert res.model.widths == (n,)
+  assert entry in res.model.skipped
+  assert list(stats.saturation_stats(res.model, res.variables, x[None],
+                                     0.0)) == ['Dense_0']
 
 
 class _OrthogonalKernel(nn.Module):
@@ -340,15 +369,17 @@ def test_what_it_cannot_follow_is_left_out_by_name_and_the_rest_prunes(
 
 
 @pytest.mark.parametrize('case', sorted(CASES) + ['concat', 'nchw',
-                                                  'depthwise'])
+                                                  'depthwise', 'gated'])
 def test_a_group_narrowed_to_one_unit_stays_a_group(case):
   """At width 1 a unit axis looks like a broadcast; the topology before the
-  shrink tells the derivation it is not."""
+  shrink tells the derivation it is not (and a gated unit's value and gate,
+  cut from one kernel axis, are one column each: they used to vanish)."""
   if case in CASES:
     make, shape, _ = CASES[case]
   else:
     make, shape = {'concat': um.ConcatNet, 'nchw': um.ChannelsFirstCNN,
-                   'depthwise': um.InvertedResidual}[case], um.IMAGE
+                   'depthwise': um.InvertedResidual,
+                   'gated': um.GatedMLP}[case], um.IMAGE
   net, variables = Net.create(make(), shape)
   for g in net.topology.groups:
     small = net.at_widths({g.name: 1})

@@ -1,12 +1,15 @@
 """Net's construction: the variables it initialises are exactly what a plain
 ``jax.jit(model.init)`` makes, although it compiles the initialiser cheaply
 on CPU (``net.run_once``)."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from demp_jax import models
+from demp_jax import topology as topo
 from demp_jax import net as netlib
 from tests import user_models
 
@@ -67,3 +70,18 @@ def test_bad_models_and_shapes_are_one_named_error():
     assert '\n' not in str(e.value)
     for w in words:
       assert w in str(e.value), str(e.value)
+
+
+def test_a_group_that_no_longer_derives_is_named_not_dropped():
+  """A group of the topology before a resize that the new derivation
+  neither finds nor names is named in ``skipped``, never lost silently."""
+  net, _ = netlib.Net.create(user_models.SeqMLP(), (4, 4, 3))
+  ghost = topo.UnitGroup('ghost', 5, (topo.AxisRef(
+      'params', ('Dense_3', 'kernel'), -1),), ())
+  net = dataclasses.replace(net, topology=topo.UnitTopology(
+      net.topology.groups + (ghost,)))
+  again = net.at_widths({})
+  assert again.topology.names == net.topology.names[:-1]
+  (why,) = [r for what, rs in again.skipped
+            if what == 'the units produced by ghost' for r in rs]
+  assert 'resized from 5 units' in why and 'params/Dense_3/kernel' in why

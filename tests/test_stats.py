@@ -5,6 +5,7 @@ import numpy as np
 
 from demp_jax import models, stats
 from demp_jax.net import Net
+import user_models as um
 
 
 def _kill(variables, bn, units):
@@ -82,3 +83,31 @@ def test_dynamic_dead_rate_counts_zero_outputs_per_example():
   rates = stats.dead_rates(net, {'params': p}, x)
   np.testing.assert_allclose(rates.dynamic_dead_rate, (2 / 4 + 3 / 4) / 2)
   assert (rates.dead_units, rates.units) == (1, 4)  # unit 2 is always 0
+
+
+def test_statistics_of_a_model_returning_a_tuple_or_a_dict():
+  """The outputs may be any pytree (here a dict holding a tuple); the
+  statistics are those of the hidden layers (they used to stop with 'too
+  many values to unpack')."""
+  net, v = Net.create(um.TwoHeads(), (4, 4, 3))
+  assert net.topology.names == ('Dense_0', 'Dense_1')
+  p = v['params']
+  p['Dense_0']['bias'] = p['Dense_0']['bias'].at[np.array([1, 4])].set(-1e3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 4, 3))
+  logits, acts = net.activations(v, x[0])
+  want = net.apply(v, x[0])
+  assert jax.tree.structure(logits) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_allclose, logits, want)
+  h = jax.nn.relu(x.reshape((2, 5, -1)) @ p['Dense_0']['kernel'] +
+                  p['Dense_0']['bias'])
+  np.testing.assert_allclose(acts['Dense_0'][0], h[0], rtol=1e-5, atol=1e-6)
+  s = stats.saturation_stats(net, v, x, 0.0)
+  np.testing.assert_array_equal(s['Dense_0'].dead,
+                                np.all(np.asarray(h) == 0, axis=(0, 1)))
+  assert np.asarray(s['Dense_0'].dead)[[1, 4]].all()
+  np.testing.assert_allclose(s['Dense_0'].max, h.max(axis=(0, 1)),
+                             rtol=1e-5)
+  assert s['Dense_1'].dead.shape == (7,)
+  logits, ranges = stats.activation_range(net, v, x[0])
+  assert set(logits) == {'cls', 'aux'} and set(ranges) == set(s)
+  assert stats.dead_rates(net, v, x).dead_units >= 2

@@ -5,6 +5,7 @@ inputs (not the probe) the shrunk network's logits equal the masked
 network's in eval mode and in train mode, and the gradients of the kept
 entries agree; in float64, so agreement is exact up to rounding.
 """
+import functools
 import os
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from demp_jax import surgery, topology as topo
+from demp_jax import stats, surgery, topology as topo
 from demp_jax.net import Net
 from conftest import randomize_batch_stats
 import user_models as um
@@ -88,6 +89,52 @@ def test_nnx_module_after_surgery_has_its_new_sizes():
   x = jnp.ones((2,) + um.IMAGE)
   np.testing.assert_allclose(module(x), res.model.apply(res.variables, x),
                              rtol=1e-6)
+
+
+LIST_MODELS = {
+    'linen_sequential_list': um.list_sequential,
+    'linen_list_field': lambda: um.ListFieldMLP(features=[12, 10, 5]),
+    'nnx_list_attribute': lambda: um.NListWidths([12, 10, 5],
+                                                 um.nnx.Rngs(0)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(LIST_MODELS))
+def test_a_model_holding_a_list_is_a_static_argument(name):
+  """A module holding a list cannot be hashed; its net is still a static
+  argument of jit (the module by identity): the statistics, the probe
+  check and the optimiser state go through (they used to stop with 'Non-
+  hashable static arguments'), and a jitted function compiles once per
+  widths, the net at its own widths again included."""
+  net, v = Net.create(LIST_MODELS[name](), (4, 4, 3))
+  assert net.widths == (12, 10), net.topology.names
+  held = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 4, 3)),
+                     jnp.float32)
+  st = stats.saturation_stats(net, v, held, 0.0)
+  assert [s.dead.shape for s in st.values()] == [(12,), (10,)]
+  tx = optax.adam(1e-3)
+  keep = {g.name: np.arange(g.size) % 2 == 0 for g in net.topology.groups}
+  res = surgery.shrink(net, v, keep, opt_state=tx.init(v['params']), tx=tx,
+                       probe=held[0])
+  small, params = res.model, res.variables['params']
+  assert small.widths == (6, 5)
+  st = stats.saturation_stats(small, res.variables, held, 0.0)
+  assert [s.dead.shape for s in st.values()] == [(6,), (5,)]
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), res.opt_state,
+                         params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  traces = []
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def forward(model, variables, x):
+    traces.append(model.widths)
+    return model.apply(variables, x)
+
+  again = small.at_widths(small.widths)
+  assert again == small and hash(again) == hash(small)
+  for model in (small, small, again, small):
+    forward(model, res.variables, held[0])
+  assert traces == [(6, 5)]
 
 
 # ----------------------------------------------------------- the trainer

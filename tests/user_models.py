@@ -426,6 +426,66 @@ class LogitsAndFeatures(nn.Module):
     return nn.Dense(10)(features), features
 
 
+class TwoHeads(nn.Module):
+  """Returns a dict of two heads that read two hidden layers."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    h = nn.relu(nn.Dense(10)(x))
+    h2 = nn.relu(nn.Dense(7)(h))
+    return {'cls': nn.Dense(3)(h2), 'aux': (nn.Dense(2)(h), nn.Dense(1)(h2))}
+
+
+def list_sequential():
+  """``nn.Sequential`` built from a list, as Flax's docs write it."""
+  return nn.Sequential([lambda x: x.reshape((x.shape[0], -1)), nn.Dense(12),
+                        nn.relu, nn.Dense(10), nn.relu, nn.Dense(5)])
+
+
+class ListFieldMLP(nn.Module):
+  """Its widths in a ``list`` field (a Linen module that cannot hash)."""
+  features: list
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for f in self.features[:-1]:
+      x = nn.relu(nn.Dense(f)(x))
+    return nn.Dense(self.features[-1])(x)
+
+
+class NListWidths(nnx.Module):
+  """Keeps its widths as a plain python list (static in its GraphDef)."""
+
+  def __init__(self, widths: list, rngs: nnx.Rngs):
+    self.widths = widths
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in
+                            zip([48] + widths[:-1], widths)])
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    for layer in self.layers[:-1]:
+      x = nnx.relu(layer(x))
+    return self.layers[-1](x)
+
+
+class FixedWidthMLP(nn.Module):
+  """A layer whose width its code fixes (``self.param(..., (n, hidden))``)
+  before a plain ``Dense``: that group is left out, the Dense prunes."""
+  hidden: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    w = self.param('w', nn.initializers.lecun_normal(),
+                   (x.shape[-1], self.hidden))
+    b = self.param('b', nn.initializers.zeros, (self.hidden,))
+    h = nn.relu(jnp.einsum('bi,ih->bh', x, w) + b)
+    h = nn.relu(nn.Dense(8)(h))
+    return nn.Dense(5)(h)
+
+
 def make_logits_and_features():
   """A factory the trainer must refuse: its model returns a tuple."""
   return LogitsAndFeatures()
