@@ -248,6 +248,15 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
   refs = {k[1]: v for k, v in topology.leaf_refs().items() if k[0] == 'params'}
   slicers = jax.tree_util.tree_map_with_path(
       lambda p, _: _slicer(refs.get(topo.key_path(p), ()), keeps), params)
+  if any(isinstance(n, optax.LookaheadState) for n in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.LookaheadState))):
+    # its slow weights live in the params container (LookaheadParams), out
+    # of the state: slicing only the fast moments would pass and break the
+    # next update
+    raise ValueError(
+        'optimizer state (LookaheadState): surgery cannot slice optax.'
+        'lookahead, whose slow weights live in the params container '
+        '(LookaheadParams), not in the optimizer state')
   try:
     return optax.tree_map_params(
         tx, lambda x, s: s(x), opt_state, slicers,
@@ -257,7 +266,15 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
         f'optimizer state: {e}. A params-shaped tree of the state holds an '
         'array of another shape (factored second moments, as Adafactor '
         'keeps): surgery slices only state shaped like its params') from e
-  except (AttributeError, TypeError, ValueError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if 'Placeholder' in str(e):  # a label function read the params' tree
+      raise ValueError(
+          f'optimizer state {_state_types(opt_state)}: a label or mask '
+          'function of the optimizer (optax.multi_transform) failed on '
+          "optax's params placeholder, which surgery's "
+          'optax.tree_map_params hands it instead of the params '
+          f'({one_line(e, 120)}); pass the labels as a pytree computed '
+          'once from the params, not as a function') from e
     raise ValueError(
         f'optimizer state {_state_types(opt_state)}: surgery cannot slice '
         f'it ({one_line(e, 200)}). It slices states whose '

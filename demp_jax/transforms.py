@@ -130,6 +130,10 @@ class LiveNoiseState(NamedTuple):
   key: jax.Array    # uint32[2] base key; step t uses fold_in(key, t)
 
 
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
 def live_unit_noise(schedule: optax.ScalarOrSchedule,
                     seed: int = 0) -> optax.GradientTransformationExtraArgs:
   """Adds ``sigma(t) * xi * M`` to the final update, ``xi ~ N(0, I)``.
@@ -153,18 +157,23 @@ def live_unit_noise(schedule: optax.ScalarOrSchedule,
   def update_fn(updates, state, params=None, *, live_mask=None, **extra):
     del params, extra
     sigma = schedule(state.count) if callable(schedule) else schedule
-    leaves, treedef = jax.tree.flatten(updates)
+    # under optax.masked / multi_transform the entries of other
+    # transformations are MaskedNode leaves: they pass through
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=_is_masked)
     if live_mask is None:
       masks = [None] * len(leaves)
     else:
       masks = treedef.flatten_up_to(live_mask)
     # One flat draw for all leaves (in tree order): one RNG call compiles
     # and runs faster than one per leaf.
-    sizes = [int(jnp.size(u)) for u in leaves]
+    sizes = [0 if _is_masked(u) else int(jnp.size(u)) for u in leaves]
     xi = jax.random.normal(jax.random.fold_in(state.key, state.count),
                            (sum(sizes),), jnp.float32)
     out, start = [], 0
     for u, m, n in zip(leaves, masks, sizes):
+      if _is_masked(u):
+        out.append(u)
+        continue
       eps = sigma * xi[start:start + n].reshape(jnp.shape(u))
       start += n
       if m is not None:

@@ -138,6 +138,22 @@ def test_common_optax_optimisers_are_sliced_and_adafactor_is_named(small_cnn):
   with pytest.raises(ValueError, match=r'optimizer state \(ScaleBySM3State'
                      '.*surgery cannot slice it.*per-axis accumulators'):
     surgery.shrink(net, v1, keep, opt_state=s, tx=tx)
+  # lookahead's slow weights are in its params container: slicing the fast
+  # moments alone used to pass and break the next update
+  tx = optax.lookahead(optax.adam(1e-3), 5, 0.5)
+  s = tx.init(optax.LookaheadParams.init_synced(v['params']))
+  with pytest.raises(ValueError, match='cannot slice optax.lookahead'):
+    surgery.shrink(net, v, keep, opt_state=s, tx=tx)
+  # a label function that reads the params' tree meets optax's placeholder
+  labels = lambda p: flax.traverse_util.path_aware_map(
+      lambda path, x: 'k' if path[-1] == 'kernel' else 'o', p)
+  tx = optax.multi_transform({'k': optax.adam(1e-3), 'o': optax.sgd(1e-2)},
+                             labels)
+  with pytest.raises(ValueError, match='pass the labels as a pytree'):
+    surgery.shrink(net, v, keep, opt_state=tx.init(v['params']), tx=tx)
+  tx = optax.multi_transform({'k': optax.adam(1e-3), 'o': optax.sgd(1e-2)},
+                             labels(v['params']))  # as the message says
+  surgery.shrink(net, v, keep, opt_state=tx.init(v['params']), tx=tx)
 
 
 def test_updater_state_masks_are_sliced(small_mlp):

@@ -158,3 +158,29 @@ def test_chain_with_any_optimiser_is_jittable_and_deterministic(make_opt):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert not all(np.array_equal(x, y) for x, y in
                  zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+def test_noise_passes_over_the_entries_of_other_transformations():
+  """Under optax.masked the other entries are MaskedNode leaves; the full
+  live mask still reaches the noise (optax's default)."""
+  params = {'k': jnp.ones((3, 2)), 'b': jnp.ones(2)}
+  live = {'k': jnp.array([[1, 1], [0, 0], [1, 1]], jnp.uint8), 'b': None}
+  tx = optax.masked(transforms.live_unit_noise(0.1),
+                    {'k': True, 'b': False})
+  out, _ = tx.update(jax.tree.map(jnp.zeros_like, params),
+                     tx.init(params), params, live_mask=live)
+  assert np.all(np.asarray(out['b']) == 0)  # passed through, no noise
+  k = np.asarray(out['k'])
+  assert np.all(k[1] == 0) and np.all(k[[0, 2]] != 0)  # live rows only
+
+
+def test_a_wrapped_optimizer_gets_the_callers_extra_arguments():
+  from demp_jax.algorithms import create_updater_from_config  # pylint: disable=g-import-not-at-top
+  from demp_jax import topology as topo  # pylint: disable=g-import-not-at-top
+  upd = create_updater_from_config({'algorithm': 'demp', 'reg_span': 10},
+                                   topology=topo.UnitTopology(()))
+  params = {'w': jnp.ones(3)}
+  tx = upd.wrap_optax(optax.polyak_sgd())  # needs value=
+  out, _ = tx.update({'w': jnp.ones(3)}, tx.init(params), params,
+                     value=jnp.asarray(2.0))
+  assert np.all(np.isfinite(np.asarray(out['w'])))

@@ -272,9 +272,11 @@ class BaseUpdater:
       return self.init_state(params, tx.init(params))
 
     def update_fn(updates, state, params=None, **extra):
-      del extra  # algorithm-specific extras are passed by inner_extra_args
-      new_updates, inner = tx.update(updates, state.inner_state, params,
-                                     **self.inner_extra_args(state, updates))
+      # the caller's extras (``value=`` for reduce_on_plateau, polyak_sgd)
+      # and the algorithm's own (DemP's ``live_mask``)
+      new_updates, inner = tx.update(
+          updates, state.inner_state, params,
+          **{**extra, **self.inner_extra_args(state, updates)})
       return new_updates, state._replace(
           inner_state=inner, count=optax.safe_increment(state.count))
 
