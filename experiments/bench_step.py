@@ -123,7 +123,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  splits, shape, _, model, variables, topology, updater, demp_tx = (
+  splits, shape, model, variables, topology, updater, demp_tx = (
       loop.build(config, int(config.num_steps)))
   opt = optim.make_optimizer(config.optimizer, int(config.num_steps))
   it = train_batches(splits.train, int(config.batch_size), int(config.seed))

@@ -64,6 +64,9 @@ def main(argv):
       _remove_if_empty(workdir)
     fail(e, RUN_FAILED)
   except KeyboardInterrupt:
+    # an interrupted orbax save leaves async work that complains at exit
+    # ("Event loop is closed"); the line below says all there is to say
+    sys.unraisablehook = lambda _: None
     fail(f'interrupted; {last_checkpoint(workdir)}', INTERRUPTED)
   width = max(map(len, SHOWN))
   print(f'\nsummary ({workdir}/summary.json):')
