@@ -361,7 +361,13 @@ def write_report(sweep: str, out: str) -> str:
            '## Accuracy at matched neuron sparsity', '',
            *matched_table(groups), '', '## Ablations', '',
            *ablation_table(main, parts), '']
+  # a run directory that is gone or unfinished (a run restarted from an
+  # empty workdir) keeps the record already written
+  kept = os.path.join(out, 'collapse.json')
   records = collapse_records(sweep)
+  if os.path.exists(kept):
+    with open(kept) as f:
+      records = {**json.load(f), **records}
   if records:
     with open(os.path.join(out, 'collapse.json'), 'w') as f:
       json.dump(records, f, indent=1)
