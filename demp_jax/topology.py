@@ -383,14 +383,12 @@ def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
     if g.name not in alive:
       continue
     a = alive[g.name]
-    for ref in (*g.produces, *g.consumes):
-      running_mean = (ref.collection == 'batch_stats' and ref in g.produces
-                      and ref.key[1][-1] == 'mean')
-      index = ref.kind == 'index'
-      if index and ref not in g.produces:
-        continue  # renumbered by the shrink; what it reads is cut above
-      if ref.collection != 'params' and not (index or running_mean):
-        continue
+    produced = [r for r in g.produces if r.collection == 'params' or
+                r.kind == 'index' or _is_running_mean(r)]
+    # (a consumed index map is renumbered by the shrink instead)
+    read = [r for r in g.consumes if r.collection == 'params' and
+            r.kind == 'axis']
+    for ref in produced + read:
       leaf = get_leaf(out, ref.key)
       traced = _xp(leaf, a) is jnp
       # on the host unless traced: no compilation for new shapes
@@ -402,6 +400,11 @@ def silence_units(topology: UnitTopology, variables: Mapping[str, Any],
              if ref.kind == 'index' else value * m.astype(value.dtype))
       out = set_leaf(out, ref.key, new if traced else put_like(new, leaf))
   return out
+
+
+def _is_running_mean(ref: AxisRef) -> bool:
+  """A norm's running mean (its running variance stays: it only scales)."""
+  return ref.collection == 'batch_stats' and ref.path[-1] == 'mean'
 
 
 def put_like(value: np.ndarray, like: Any) -> Any:

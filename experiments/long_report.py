@@ -215,10 +215,11 @@ def collapse_records(sweep: str) -> dict[str, list[dict]]:
   for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     path = os.path.join(root, name, 'summary.json')
     restored = os.path.join(root, name, RESTORED)
-    if not os.path.exists(path) and os.path.exists(restored):
-      with open(restored) as f:
-        out[name] = json.load(f)
-    elif os.path.exists(path):
+    if not os.path.exists(path):
+      if os.path.exists(restored):
+        with open(restored) as f:
+          out[name] = json.load(f)
+    else:
       with open(path) as f:
         s = json.load(f)
       out[name] = {'evals': s['evals'], 'test_accuracy': s['test_accuracy'],
@@ -369,7 +370,7 @@ def write_report(sweep: str, out: str) -> str:
     with open(kept) as f:
       records = {**json.load(f), **records}
   if records:
-    with open(os.path.join(out, 'collapse.json'), 'w') as f:
+    with open(kept, 'w') as f:
       json.dump(records, f, indent=1)
     lines += ['## Test accuracy during training (collapse runs)', '',
               *collapse_table(records), '']

@@ -27,7 +27,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from demp_jax.training import validate
-from demp_jax.training import workdir
+from demp_jax.training import workdir as workdir_lib
 
 BAD_COMMAND_LINE, RUN_FAILED, INTERRUPTED = 2, 1, 130
 
@@ -85,7 +85,7 @@ def prepare_workdir(path: str) -> bool:
     fail(f'--workdir={path} is an existing file, not a directory',
          BAD_COMMAND_LINE)
   try:
-    workdir.check_outputs(path)
+    workdir_lib.check_outputs(path)
   except OSError as e:
     fail(f'--workdir={path}: {e}', BAD_COMMAND_LINE)
   created = not os.path.exists(path)

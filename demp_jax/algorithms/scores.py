@@ -22,8 +22,9 @@ Either way the unit computes ``act(c_i * z_i)``, the reference's gate
 positively homogeneous activation (ReLU, leaky ReLU) and ``c_i >= 0`` this is
 ``c_i * act(z_i)``: the gate multiplies the unit's post-activation output.
 ``c_i = 0`` gives ``act(0)`` (0 for ReLU: then the unit is cut out as in
-the masked network of :func:`demp_jax.topology.silence_units`). With a residual identity path (an
-``'index'`` entry, e.g. a ResNet block without projection) the gate scales
+the masked network of :func:`demp_jax.topology.silence_units`). With a
+residual identity path (an ``'index'`` entry, e.g. a ResNet block without
+projection) the gate scales
 the parametrised branches only (:func:`partially_gated`; a warning says
 so): ``act(c_i * branch_i + identity_i)``.
 

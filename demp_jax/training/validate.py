@@ -354,13 +354,9 @@ def _check_relations(flat: Mapping[str, Any], config: Any,
       raise _fail('batch_size', flat['batch_size'], f'at most the {left} '
                   'training examples config.dataset leaves (train_subset '
                   'or train_size, less holdout)')
-  no_holdout = not flat.get('dataset.holdout')
   for key in ('sparsity_config.probe_split', 'cycles.score_split',
               'cycles.dnr_split'):
-    if flat.get(key) == 'holdout' and no_holdout:
-      raise _fail(key, 'holdout', "'holdout' without config.dataset.holdout "
-                  '(set it to a number of training examples to keep out of '
-                  'training, or probe another split)')
+    _require_holdout(flat, key, flat.get(key))
   if num_devices:
     for key in ('batch_size', 'eval_batch_size'):
       if key in flat and flat[key] % num_devices:
@@ -386,19 +382,31 @@ def _check_parts(config: Any) -> None:
     updater = _as_config_error(create_updater_from_config,
                                config['sparsity_config'])
     # the algorithm's own default, when the config does not set it
-    if (getattr(updater, 'probe_split', None) == 'holdout' and
-        'probe_split' not in config['sparsity_config'] and
-        not flatten(config).get('dataset.holdout')):
-      raise ConfigError(
-          'sparsity_config.algorithm='
-          f'{config["sparsity_config"].get("algorithm")!r} '
-          "probes the 'holdout' split by default, and config.dataset.holdout "
-          'is not set: set it to a number of training examples to keep out '
-          'of training, or set sparsity_config.probe_split')
+    _require_holdout(flatten(config), 'sparsity_config.probe_split',
+                     getattr(updater, 'probe_split', None),
+                     default_of=config['sparsity_config'].get('algorithm'))
   if 'optimizer' in config:
     from demp_jax.training import optim  # pylint: disable=g-import-not-at-top
     _as_config_error(optim.make_optimizer, config['optimizer'],
                      int(config.get('num_steps', 1) or 1))
+
+
+def _require_holdout(flat: Mapping[str, Any], key: str, split: Any,
+                     default_of: Optional[str] = None) -> None:
+  """A ``ConfigError`` when ``split`` (the value of ``key``, or the
+  default of algorithm ``default_of``) is ``'holdout'`` and the dataset
+  keeps no holdout."""
+  if split != 'holdout' or flat.get('dataset.holdout'):
+    return
+  fix = ('set it to a number of training examples to keep out of '
+         'training, or probe another split')
+  if default_of is None:
+    raise _fail(key, 'holdout', "'holdout' without config.dataset.holdout "
+                f'({fix})')
+  raise ConfigError(
+      f"sparsity_config.algorithm={default_of!r} probes the 'holdout' split "
+      'by default, and config.dataset.holdout is not set: '
+      f'{fix} (config.{key})')
 
 
 def _as_config_error(fn, *args) -> Any:
