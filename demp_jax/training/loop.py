@@ -15,8 +15,10 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from typing import Any, Iterator, NamedTuple
 
@@ -209,6 +211,30 @@ class TrainClock:
     return self.before + time.perf_counter() - self.start - self.excluded
 
 
+@contextlib.contextmanager
+def interrupt_between_steps() -> Iterator[threading.Event]:
+  """Defers Ctrl-C to the end of the current step: the handler sets the
+  event (the loop raises ``KeyboardInterrupt`` there), so an interrupt
+  never lands inside an orbax save, which can then hang the interpreter's
+  exit; a second Ctrl-C interrupts at once. Outside the main thread
+  (where signals cannot be handled) the event is never set."""
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield event
+    return
+
+  def handler(signum, frame):
+    del frame
+    event.set()
+    signal.signal(signum, signal.default_int_handler)
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield event
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def open_checkpoints(workdir: str, resume: bool) -> ckpt_lib.Checkpointer:
   """The run's checkpoints; a fresh run refuses a workdir that has some."""
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
@@ -300,6 +326,7 @@ def train(config, workdir: str) -> dict:
       dp.process_count)
   with contextlib.ExitStack() as stack:
     stack.enter_context(workdir_lib.exclusive(workdir, dp.process_index == 0))
+    interrupted = stack.enter_context(interrupt_between_steps())
     ckpt = stack.enter_context(contextlib.closing(
         open_checkpoints(workdir, opts.resume)))
     if opts.resume:
@@ -361,6 +388,8 @@ def train(config, workdir: str) -> dict:
       if opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
         record.train_seconds = clock()
         checkpoint(step + 1, state)
+      if interrupted.is_set():
+        raise KeyboardInterrupt
       progress.update(1)
       if step % 10 == 0 or step == opts.num_steps - 1:
         progress.set_postfix(loss=f'{loss:.3f}',
