@@ -289,14 +289,7 @@ class Net:
       from flax import nnx  # pylint: disable=g-import-not-at-top
       if isinstance(model, nnx.GraphDef):
         raise ModelError('pass the nnx.Module itself, not its GraphDef')
-      graphdef, *states = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-      variables, keys = {}, []
-      for name, state in zip(('params', 'batch_stats', 'nnx'), states):
-        pure, k = _str_keys(nnx.to_pure_dict(state))
-        if pure:
-          variables[name] = pure
-          keys.append((name, k))
-      variables, rng_keys = _key_data(variables)
+      graphdef, variables, keys, rng_keys = _nnx_split(model)
       names = _axis_names(m for _, m in nnx.iter_graph(model))
       net = cls(graphdef, input_shape, _shapes(variables),
                 topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
@@ -598,6 +591,24 @@ class Net:
       net = dataclasses.replace(net, module=_nnx_graphdef_at(net))
     return net._with_topology() if rederive else net
 
+  def variables_of(self, module: Any) -> dict:
+    """NNX: the variables of a live module in this net's form (the inverse
+    of :meth:`module_at`; what :meth:`create` returns), to read statistics
+    of or shrink a module an NNX training loop has been updating."""
+    if not self.is_nnx:
+      raise ModelError('variables_of: a Linen net keeps its variables apart '
+                       'from the module; use them directly')
+    if not _is_nnx(module):
+      raise ModelError(f'variables_of: got {type(module).__name__}, not an '
+                       'nnx.Module')
+    variables = _nnx_split(module)[1]
+    if _shapes(variables) != self.shapes:
+      raise ModelError(
+          'variables_of: the module\'s arrays are not the shapes of this net '
+          f'({_first_shape_change(self.shapes, _shapes(variables))}); pass '
+          'the net that describes the module as it is now')
+    return variables
+
   def module_at(self, variables: Mapping[str, Any]) -> Any:
     """NNX: a live module holding ``variables``, its size attributes
     matching its arrays. Linen: the module (use it with ``variables`` under
@@ -613,6 +624,34 @@ class Net:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _nnx_split(module: Any) -> tuple[Any, dict, tuple, tuple]:
+  """``(graphdef, variables, nnx_keys, rng_keys)`` of a live NNX module:
+  params, batch statistics and every other variable (``'nnx'``) as dicts
+  with str keys, RNG keys as their key data."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, *states = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+  variables, keys = {}, []
+  for name, state in zip(('params', 'batch_stats', 'nnx'), states):
+    pure, k = _str_keys(nnx.to_pure_dict(state))
+    if pure:
+      variables[name] = pure
+      keys.append((name, k))
+  variables, rng_keys = _key_data(variables)
+  return graphdef, variables, tuple(keys), rng_keys
+
+
+def _first_shape_change(expected: tuple, got: tuple) -> str:
+  """The first leaf whose shape or presence differs, for messages."""
+  want = {k: s for k, s, _ in expected}
+  have = {k: s for k, s, _ in got}
+  for key in sorted(set(want) | set(have)):
+    if want.get(key) != have.get(key):
+      name = '/'.join((key[0],) + tuple(key[1]))
+      return (f'{name}: {have.get(key, "missing")} where the net has '
+              f'{want.get(key, "none")}')
+  return 'the same leaves in another order'
 
 
 def _key_data(variables: Mapping[str, Any]) -> tuple[dict, tuple]:

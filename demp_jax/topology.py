@@ -267,11 +267,17 @@ def _validate_fold(variables: Mapping[str, Any], g: UnitGroup, ref: AxisRef,
 
 
 def key_path(path: Iterable[Any]) -> Path:
-  """Converts a ``jax.tree_util`` key path of dict keys into a tuple of str."""
-  out = []
-  for k in path:
-    out.append(str(getattr(k, 'key', getattr(k, 'name', k))))
-  return tuple(out)
+  """Converts a ``jax.tree_util`` key path of dict keys into a tuple of str.
+
+  A final ``.value`` attribute is dropped: it is how an ``nnx.Variable``
+  flattens (``nnx.state(model, nnx.Param)`` inside ``nnx.Optimizer``), and
+  the parameter's name is the path to the variable.
+  """
+  path = tuple(path)
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+      path[-1].name == 'value'):
+    path = path[:-1]
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
 
 
 def get_leaf(variables: Mapping[str, Any], key: LeafKey) -> Any:
