@@ -18,9 +18,10 @@ the probe: the new module computes what the old one with the removed units
 silenced computes. The optimiser's state is sliced like the params (every
 params-shaped tree of its optax state: Adam's moments, momentum traces, the
 DemP updater's masks; counters and ``step`` are kept), in the ``nnx.State``
-layout ``optimizer.update`` reads. The old module and optimizer are left as
-they were; rebind the names to the new ones (an ``nnx.jit`` train step
-traces again at the new shapes).
+layout ``optimizer.update`` reads. The new module is in the old one's mode
+(``model.train()`` / ``model.eval()``). The old module and optimizer are
+left as they were; rebind the names to the new ones (an ``nnx.jit`` train
+step traces again at the new shapes).
 """
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ def _optimizer_with(optimizer: Any, opt_state: Any, model: Any) -> Any:
   return new
 
 
+def _with_flags_of(old: Any, new: Any) -> Any:
+  """``new`` with the boolean attributes of ``old``'s modules at the same
+  paths: the mode ``model.train()`` / ``model.eval()`` (or the user's own
+  flags) set after the net was made, which the net's graph does not
+  know."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  modules = dict(nnx.iter_modules(new))
+  for path, module in nnx.iter_modules(old):
+    target = modules.get(path)
+    if target is None:
+      continue
+    for name, value in vars(module).items():
+      if isinstance(value, bool) and isinstance(getattr(target, name, None),
+                                                bool):
+        setattr(target, name, value)
+  return new
+
+
 def shrink(net: Net, model: Any, keep: Mapping[str, Any], *,
            optimizer: Any = None, probe: Optional[jax.Array] = None,
            min_width: int = 1, **options: Any) -> NnxShrunk:
@@ -105,7 +124,7 @@ def shrink(net: Net, model: Any, keep: Mapping[str, Any], *,
   params = None if optimizer is None else _params_state(model, optimizer)
   res = surgery.shrink(net, variables, keep, probe=probe, min_width=min_width,
                        **options)
-  new_model = res.model.module_at(res.variables)
+  new_model = _with_flags_of(model, res.model.module_at(res.variables))
   new_optimizer = None
   if optimizer is not None:
     keeps = surgery.keep_indices(net.topology, keep, min_width)

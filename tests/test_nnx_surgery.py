@@ -224,3 +224,25 @@ def test_bad_inputs_are_named():
   linen, _ = Net.create(nn.Dense(4), input_shape=(3,))
   with pytest.raises(ModelError, match='Linen'):
     nnx_surgery.shrink(linen, model, keep)
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_the_new_module_keeps_the_mode_it_was_given(mode):
+  class WithDropout(nnx.Module):
+    def __init__(self, rngs):
+      self.fc = nnx.Linear(6, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.drop = nnx.Dropout(0.5, rngs=rngs)
+      self.out = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(self.drop(nnx.relu(self.bn(self.fc(x)))))
+
+  model = WithDropout(nnx.Rngs(0))
+  getattr(model, 'eval' if mode == 'train' else 'train')()
+  net, _ = Net.create(model, input_shape=(6,))  # made in the other mode
+  getattr(model, mode)()
+  new = nnx_surgery.shrink(net, model, {'fc': np.arange(8) < 3}).model
+  assert new.bn.use_running_average == new.drop.deterministic == (
+      mode == 'eval')
+  assert new.fc.out_features == new.bn.num_features == 3
