@@ -678,7 +678,9 @@ def _wrap_keys(variables: Mapping[str, Any], rng_keys: tuple) -> dict:
   for key, impl in rng_keys:
     leaf = topo.get_leaf(out, key)
     if leaf is not None:
-      out = topo.set_leaf(out, key, jax.random.wrap_key_data(leaf, impl=impl))
+      wrap = functools.partial(jax.random.wrap_key_data, impl=impl)
+      out = topo.set_leaf(out, key, jax.eval_shape(wrap, leaf) if isinstance(
+          leaf, jax.ShapeDtypeStruct) else wrap(leaf))  # (restore targets)
   return out
 
 
