@@ -68,6 +68,13 @@ def _variables(net: Net, state: Any) -> dict:
   return variables
 
 
+def _like(new: Any, old: Any) -> Any:
+  """``new`` (a collection after surgery, nested dicts) in the containers
+  of ``old`` (a ``FrozenDict`` stays one, as the optimiser state sliced
+  in its layout expects)."""
+  return jax.tree.unflatten(jax.tree.structure(old), jax.tree.leaves(new))
+
+
 def _apply_fn(net: Net, new_net: Net, fn: Callable[..., Any]
               ) -> Callable[..., Any]:
   """The new state's ``apply_fn``: ``fn`` at any widths, or the rebuilt
@@ -110,8 +117,9 @@ def shrink(net: Net, state: Any, keep: Mapping[str, Any], *,
   variables = _variables(net, state)
   res = surgery.shrink(net, variables, keep, opt_state=state.opt_state,
                        tx=state.tx, probe=probe, **options)
+  new_vars = {k: _like(v, variables[k]) for k, v in res.variables.items()}
   new_state = state.replace(opt_state=res.opt_state,
                             apply_fn=_apply_fn(net, res.model, state.apply_fn),
-                            **res.variables)
+                            **new_vars)
   return LinenShrunk(res.model, new_state, res.removed, res.max_masked_diff,
                      res.max_output_change, res.folded)

@@ -76,10 +76,12 @@ def _optimizer_with(optimizer: Any, opt_state: Any, model: Any) -> Any:
 
 
 def _with_flags_of(old: Any, new: Any) -> Any:
-  """``new`` with the boolean attributes of ``old``'s modules at the same
-  paths: the mode ``model.train()`` / ``model.eval()`` (or the user's own
-  flags) set after the net was made, which the net's graph does not
-  know."""
+  """``new`` with the flags of ``old``'s modules at the same paths: the
+  mode ``model.train()`` / ``model.eval()`` (or the user's own flags) set
+  after the net was made, which the net's graph does not know. A flag is
+  an attribute that is a bool or None on both sides (``None``:
+  ``nnx.MultiHeadAttention``'s ``deterministic`` until the first
+  ``train()``/``eval()``)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   modules = dict(nnx.iter_modules(new))
   for path, module in nnx.iter_modules(old):
@@ -87,10 +89,15 @@ def _with_flags_of(old: Any, new: Any) -> Any:
     if target is None:
       continue
     for name, value in vars(module).items():
-      if isinstance(value, bool) and isinstance(getattr(target, name, None),
-                                                bool):
+      now = getattr(target, name, value)
+      if _is_flag(value) and _is_flag(now) and now is not value:
         setattr(target, name, value)
   return new
+
+
+def _is_flag(value: Any) -> bool:
+  """A mode flag's value: a bool, or None (not set yet)."""
+  return value is None or isinstance(value, bool)
 
 
 def shrink(net: Net, model: Any, keep: Mapping[str, Any], *,

@@ -206,6 +206,10 @@ def keep_indices(topology: topo.UnitTopology, keep: Mapping[str, Any],
         raise ValueError(f'keep[{g.name!r}] has shape {k.shape}; the group '
                          f'has {g.size} units')
       k = np.flatnonzero(k)
+    elif k.size and k.dtype.kind not in 'iu':  # 0.5 would truncate to 0
+      raise ValueError(f'keep[{g.name!r}] has dtype {k.dtype}; give a bool '
+                       f'mask over the {g.size} units or the kept units\' '
+                       'integer indices')
     k = np.unique(k.astype(np.int64))
     if k.size and (k[0] < 0 or k[-1] >= g.size):
       raise ValueError(f'keep[{g.name!r}] has indices outside [0, {g.size})')
@@ -392,6 +396,17 @@ def _rebuilt(model: Any, widths: Mapping[str, int]) -> Any:
            'does not allow: keep min_width >= 1' if zero else '')) from e
 
 
+def _check_probe(model: Any, probe: Any) -> None:
+  """A :class:`ValueError` naming the shapes unless ``probe`` is a batch
+  ``[B, *model.input_shape]``."""
+  shape = tuple(np.shape(probe))
+  if shape[1:] != tuple(model.input_shape):
+    want = ', '.join(['B', *map(str, model.input_shape)])
+    raise ValueError(f'probe has shape {shape}; it must be a batch of the '
+                     f'model\'s inputs, [{want}] (input_shape='
+                     f'{tuple(model.input_shape)})')
+
+
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
            *, opt_state: Any = None, tx: Any = None,
            probe: Optional[jax.Array] = None, rtol: float = 1e-4,
@@ -431,6 +446,8 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
   if fold_constants and constants is None and probe is None:
     raise ValueError('shrink(fold_constants=True) needs the constants or a '
                      'probe batch to measure them on')
+  if probe is not None:
+    _check_probe(model, probe)
   topology = model.topology
   topology.validate(variables)
   keeps = keep_indices(topology, keep, min_width)

@@ -415,13 +415,30 @@ def _is_running_mean(ref: AxisRef) -> bool:
 
 def put_like(value: np.ndarray, like: Any) -> Any:
   """A host array as the kind of array ``like`` is: a jax array on
-  ``like``'s sharding where it fits (else the default device), or numpy."""
-  if isinstance(like, jax.Array):
-    try:
-      return jax.device_put(value, like.sharding)
-    except (ValueError, TypeError):
-      return jnp.asarray(value)
-  return value
+  ``like``'s sharding where it fits, or numpy. A mesh axis of a
+  ``NamedSharding`` that no longer divides its array axis (a width cut to
+  21 over 4 devices) is dropped, that array axis replicated over it, so
+  the array stays on the mesh; any other sharding that does not fit falls
+  back to the default device."""
+  if not isinstance(like, jax.Array):
+    return value
+  sharding = like.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    spec = [names if names is None or value.shape[axis] % _mesh_size(
+        sharding.mesh, names) == 0 else None
+            for axis, names in enumerate(sharding.spec)]
+    sharding = sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+  try:
+    return jax.device_put(value, sharding)
+  except (ValueError, TypeError):
+    return jnp.asarray(value)
+
+
+def _mesh_size(mesh: Any, names: Any) -> int:
+  """The number of devices along the mesh axis ``names`` (a name or a
+  tuple of names) of a ``PartitionSpec`` entry."""
+  names = names if isinstance(names, tuple) else (names,)
+  return int(np.prod([mesh.shape[n] for n in names]))
 
 
 def set_leaf(variables: Mapping[str, Any], key: LeafKey, value: Any) -> dict:

@@ -3,6 +3,7 @@
 """
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -158,6 +159,11 @@ def test_bad_inputs_are_named():
       tx=optax.adam(1e-3))
   with pytest.raises(ValueError, match="no field 'batch_stats'"):
     linen_surgery.shrink(net, plain, {'fc2': np.arange(12) < 5})
+  state = TrainState.create(
+      apply_fn=UserCNN().apply, params=variables['params'],
+      batch_stats=variables['batch_stats'], tx=optax.adam(1e-3))
+  with pytest.raises(ValueError, match=r'probe has shape \(28, 28, 1\)'):
+    linen_surgery.shrink(net, state, {'fc2': np.arange(12) < 5}, probe=X[0])
 
   class Tiny(nnx.Module):
     def __init__(self):
@@ -170,3 +176,25 @@ def test_bad_inputs_are_named():
   nnx_net, _ = Net.create(Tiny(), input_shape=(3,))
   with pytest.raises(ModelError, match='NNX'):
     linen_surgery.shrink(nnx_net, plain, {})
+
+
+def test_frozen_dict_params_stay_frozen_for_the_optimizer():
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(2, name='out')(nn.relu(nn.Dense(6, name='fc')(x)))
+
+  model = Tiny()
+  net, variables = Net.create(model, input_shape=(3,))
+  # older Flax code (and flax.core.freeze) keeps params in a FrozenDict,
+  # and the optimizer state in that layout
+  params = flax.core.freeze(variables['params'])
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=optax.adam(1e-2))
+  res = linen_surgery.shrink(net, state, {'fc': np.arange(6) < 4})
+  assert isinstance(res.state.params, flax.core.FrozenDict)
+  x = jnp.ones((2, 3))
+  grads = jax.grad(lambda p: res.state.apply_fn({'params': p}, x).sum())(
+      res.state.params)
+  new = res.state.apply_gradients(grads=grads)  # same tree as opt_state's
+  assert new.params['fc']['kernel'].shape == (3, 4)

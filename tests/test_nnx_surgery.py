@@ -1,6 +1,10 @@
 """DemP in a user's own NNX loop: ``nnx.Optimizer``, ``optimizer.update``,
 the death check on the live module and :func:`demp_jax.nnx_surgery.shrink`.
 """
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -216,6 +220,12 @@ def test_bad_inputs_are_named():
         model, optax.adam(1e-3), wrt=nnx.Variable))
   with pytest.raises(TypeError, match='not an nnx.Optimizer'):
     nnx_surgery.shrink(net, model, keep, optimizer=optax.adam(1e-3))
+  with pytest.raises(ValueError, match=r'probe has shape \(4, 28, 28\); it '
+                     r'must be a batch .*\[B, 28, 28, 1\]'):
+    nnx_surgery.shrink(net, model, keep, probe=X[:4, ..., 0])
+  with pytest.raises(ValueError,
+                     match=r"keep\['hidden/1'\] has dtype float64"):
+    nnx_surgery.shrink(net, model, {'hidden/1': np.array([0.5, 3.0])})
   other = UserCNN(nnx.Rngs(0))
   other.head = nnx.Linear(12, 3, rngs=nnx.Rngs(1))
   with pytest.raises(ModelError, match=r'params/head/bias: \(3,\) where the '
@@ -246,3 +256,67 @@ def test_the_new_module_keeps_the_mode_it_was_given(mode):
   assert new.bn.use_running_average == new.drop.deterministic == (
       mode == 'eval')
   assert new.fc.out_features == new.bn.num_features == 3
+
+
+def test_a_mode_unset_when_the_net_was_made_follows_the_module():
+  class Attention(nnx.Module):
+    def __init__(self, rngs):
+      self.emb = nnx.Linear(4, 8, rngs=rngs)
+      # deterministic=None until model.train() / model.eval()
+      self.att = nnx.MultiHeadAttention(2, 8, dropout_rate=0.5, rngs=rngs)
+      self.fc = nnx.Linear(8, 6, rngs=rngs)
+      self.out = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x):
+      h = self.emb(x)
+      h = h + self.att(h, decode=False)
+      return self.out(nnx.relu(self.fc(h.mean(axis=1))))
+
+  model = Attention(nnx.Rngs(0))
+  net, _ = Net.create(model, input_shape=(3, 4))
+  assert model.att.deterministic is None
+  model.eval()
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4))
+  new = nnx_surgery.shrink(net, model, {'fc': np.arange(6) < 4}).model
+  assert new.att.deterministic is True
+  assert new(x).shape == (2, 2)  # no "deterministic argument" error
+
+
+SHARDED = '''
+import numpy as np, jax, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from flax import nnx
+from demp_jax import nnx_surgery
+from demp_jax.net import Net
+
+mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ('data', 'model'))
+model = nnx.Sequential(nnx.Linear(3, 8, rngs=nnx.Rngs(0)), nnx.relu,
+                       nnx.Linear(8, 4, rngs=nnx.Rngs(1)))
+net, _ = Net.create(model, input_shape=(3,))
+cols, rep = NamedSharding(mesh, P(None, 'model')), NamedSharding(mesh, P())
+nnx.update(model, jax.tree.map(
+    lambda a: jax.device_put(a, cols if a.ndim == 2 else rep),
+    nnx.state(model)))
+optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+res = nnx_surgery.shrink(net, model, {'layers/0': np.arange(8) < 6},
+                         optimizer=optimizer)
+mu = nnx.as_pure(res.optimizer.opt_state)[0].mu
+for a in (res.model.layers[0].kernel[...], mu['layers'][0]['kernel']):
+  assert a.shape == (3, 6) and a.sharding.mesh == mesh, a.sharding
+  assert tuple(a.sharding.spec) == (None, None), a.sharding  # 4 ∤ 6
+assert tuple(res.model.layers[2].kernel[...].sharding.spec) == (None,
+                                                                'model')
+x = jax.device_put(np.ones((8, 3), np.float32), NamedSharding(mesh, P('data')))
+nnx.jit(lambda m, x: m(x))(res.model, x).block_until_ready()
+'''
+
+
+def test_a_width_the_mesh_no_longer_divides_stays_on_the_mesh():
+  """8 simulated devices (a fresh process): a kernel sharded over a mesh
+  axis of 4 and shrunk to 6 columns is replicated over that axis, not
+  dropped onto one device; the other leaves keep their sharding."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  run = subprocess.run([sys.executable, '-c', SHARDED], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
