@@ -602,12 +602,28 @@ class Net:
       raise ModelError(f'variables_of: got {type(module).__name__}, not an '
                        'nnx.Module')
     variables = _nnx_split(module)[1]
-    if _shapes(variables) != self.shapes:
+    mismatch = self.shape_mismatch(variables)
+    if mismatch:
       raise ModelError(
           'variables_of: the module\'s arrays are not the shapes of this net '
-          f'({_first_shape_change(self.shapes, _shapes(variables))}); pass '
-          'the net that describes the module as it is now')
+          f'({mismatch}); pass the net that describes the module as it is '
+          'now')
     return variables
+
+  def shape_mismatch(self, variables: Mapping[str, Any]) -> Optional[str]:
+    """``None`` if ``variables`` have this net's leaves and shapes (in the
+    net's collections; others are not compared), else the first leaf that
+    differs, ``'params/fc/kernel: (3, 4) where the net has (3, 8)'``."""
+    collections = {key[0] for key, _, _ in self.shapes}
+    mine = {c: v for c, v in variables.items() if c in collections}
+    want = {k: s for k, s, _ in self.shapes}
+    have = {k: s for k, s, _ in _shapes(mine)}
+    for key in sorted(set(want) | set(have)):
+      if want.get(key) != have.get(key):
+        name = '/'.join((key[0],) + tuple(key[1]))
+        return (f'{name}: {have.get(key, "missing")} where the net has '
+                f'{want.get(key, "none")}')
+    return None
 
   def module_at(self, variables: Mapping[str, Any]) -> Any:
     """NNX: a live module holding ``variables``, its size attributes
@@ -640,18 +656,6 @@ def _nnx_split(module: Any) -> tuple[Any, dict, tuple, tuple]:
       keys.append((name, k))
   variables, rng_keys = _key_data(variables)
   return graphdef, variables, tuple(keys), rng_keys
-
-
-def _first_shape_change(expected: tuple, got: tuple) -> str:
-  """The first leaf whose shape or presence differs, for messages."""
-  want = {k: s for k, s, _ in expected}
-  have = {k: s for k, s, _ in got}
-  for key in sorted(set(want) | set(have)):
-    if want.get(key) != have.get(key):
-      name = '/'.join((key[0],) + tuple(key[1]))
-      return (f'{name}: {have.get(key, "missing")} where the net has '
-              f'{want.get(key, "none")}')
-  return 'the same leaves in another order'
 
 
 def _key_data(variables: Mapping[str, Any]) -> tuple[dict, tuple]:

@@ -266,6 +266,12 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
         tx, lambda x, s: s(x), opt_state, slicers,
         is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode))
   except LeafShapeError as e:
+    stale = _not_from(tx, opt_state, params)
+    if stale:
+      raise ValueError(
+          f'optimizer state: {stale}: it was not made for these params (the '
+          'optimizer of another model, or of this one before a shrink?)'
+      ) from e
     raise ValueError(
         f'optimizer state: {e}. A params-shaped tree of the state holds an '
         'array of another shape (factored second moments, as Adafactor '
@@ -285,6 +291,24 @@ def shrink_opt_state(tx: Any, opt_state: Any, params: Any,
         'params-shaped trees hold one array or scalar per parameter (adam, '
         'sgd, lion, lamb, novograd, ...), not per-axis accumulators (sm3, '
         'adafactor) or a params container (lookahead)') from e
+
+
+def _not_from(tx: Any, opt_state: Any, params: Any) -> Optional[str]:
+  """The first leaf where ``opt_state`` differs in shape from
+  ``tx.init(params)`` (abstractly), or None where it has its shapes."""
+  try:
+    expected = jax.eval_shape(tx.init, params)
+  except Exception:  # pylint: disable=broad-except
+    return None  # no verdict: the caller's own message stands
+  want = jax.tree_util.tree_flatten_with_path(expected)[0]
+  have = jax.tree.leaves(opt_state)
+  if len(want) != len(have):
+    return (f'{len(have)} arrays where tx.init(params) makes {len(want)}')
+  for (path, w), h in zip(want, have):
+    if tuple(np.shape(h)) != tuple(w.shape):
+      return (f'{"/".join(topo.key_path(path))} has shape '
+              f'{tuple(np.shape(h))} where tx.init(params) makes {w.shape}')
+  return None
 
 
 def _state_types(opt_state: Any) -> str:
@@ -448,6 +472,12 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
                      'probe batch to measure them on')
   if probe is not None:
     _check_probe(model, probe)
+  mismatch = model.shape_mismatch(variables)
+  if mismatch:
+    raise ValueError(
+        f'shrink: the variables do not fit the net of {model.model_name} '
+        f'({mismatch}); pass the net that describes them, the one the last '
+        'shrink returned')
   topology = model.topology
   topology.validate(variables)
   keeps = keep_indices(topology, keep, min_width)

@@ -164,6 +164,11 @@ def test_bad_inputs_are_named():
       batch_stats=variables['batch_stats'], tx=optax.adam(1e-3))
   with pytest.raises(ValueError, match=r'probe has shape \(28, 28, 1\)'):
     linen_surgery.shrink(net, state, {'fc2': np.arange(12) < 5}, probe=X[0])
+  res = linen_surgery.shrink(net, state, {'fc2': np.arange(12) < 5})
+  with pytest.raises(ValueError, match=r'do not fit the net of .*'
+                     r'params/fc2/bias: \(5,\) where the net has \(12,\)\); '
+                     'pass the net that describes them'):  # the net before
+    linen_surgery.shrink(net, res.state, {'fc2': np.arange(5) < 3})
 
   class Tiny(nnx.Module):
     def __init__(self):

@@ -226,6 +226,13 @@ def test_bad_inputs_are_named():
   with pytest.raises(ValueError,
                      match=r"keep\['hidden/1'\] has dtype float64"):
     nnx_surgery.shrink(net, model, {'hidden/1': np.array([0.5, 3.0])})
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  res = nnx_surgery.shrink(net, model, keep, optimizer=optimizer)
+  with pytest.raises(ValueError, match=r'mu/head/kernel has shape \(12, 10\) '
+                     r'where tx.init\(params\) makes \(5, 10\): it was not '
+                     'made for these params'):  # the optimizer before a shrink
+    nnx_surgery.shrink(res.net, res.model, {'hidden/1': np.arange(5) < 3},
+                       optimizer=optimizer)
   other = UserCNN(nnx.Rngs(0))
   other.head = nnx.Linear(12, 3, rngs=nnx.Rngs(1))
   with pytest.raises(ModelError, match=r'params/head/bias: \(3,\) where the '
