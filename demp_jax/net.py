@@ -311,6 +311,9 @@ class Net:
                      model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
                 topo.UnitTopology(()), handwritten, mode, axis_names=names)
+      with _runs_on(model, input_shape):  # eval mode, with no RNG streams
+        jax.eval_shape(net._eval_fn, net.abstract_variables(),
+                       net._abstract_input())
     else:
       raise ModelError(f'{type(model).__name__} is neither a flax.linen '
                        'Module nor a flax.nnx Module')
@@ -505,6 +508,14 @@ class Net:
 
   def _eval_fn(self, variables, x):
     return self.apply(variables, x, train=False)
+
+  def compute_eps(self) -> float:
+    """The machine epsilon of the least precise float the eval-mode
+    forward pass computes in (``dtype=jnp.bfloat16`` layers: ``2**-7``),
+    which bounds how exactly a narrower copy can reproduce its outputs."""
+    from demp_jax import program as prog  # pylint: disable=g-import-not-at-top
+    return prog.coarsest_eps(prog.trace(
+        self._eval_fn, self.abstract_variables(), self._abstract_input()))
 
   def _abstract_input(self, batch: int = 2):
     return jax.ShapeDtypeStruct((batch,) + self.input_shape, jnp.float32)
@@ -889,10 +900,14 @@ def make_model(spec: str) -> Any:
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f'config.model.name={spec!r}: the factory raised '
                      f'{type(e).__name__}: {e}') from e
+  if isinstance(model, type):
+    raise ModelError(f'config.model.name={spec!r} returned the class '
+                     f'{model.__name__}; the factory must return a module '
+                     f'(an instance, {model.__name__}(...))')
   if not (isinstance(model, nn.Module) or _is_nnx(model)):
-    raise ModelError(f'config.model.name={spec!r} returned a '
-                     f'{type(model).__name__}, not a flax.linen Module or a '
-                     'flax.nnx Module')
+    raise ModelError(f'config.model.name={spec!r} returned {model!r:.60} '
+                     f'(a {type(model).__name__}), not a flax.linen Module '
+                     'or a flax.nnx Module')
   return model
 
 

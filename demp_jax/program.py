@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 from jax.extend import core as jax_core
+import jax.numpy as jnp
 import numpy as np
 
 from demp_jax import topology as topo
@@ -233,3 +234,12 @@ def find_leaf(program: Program, key: topo.LeafKey) -> Optional[Var]:
     if k == key:
       return v
   return None
+
+
+def coarsest_eps(program: Program) -> float:
+  """The machine epsilon of the least precise floating-point value the
+  program computes (``2**-7`` when any step runs in bfloat16, ``2**-23``
+  for a float32 program): the rounding a result of it can carry."""
+  eps = [float(jnp.finfo(v.dtype).eps) for e in program.eqns
+         for v in e.outvars if jnp.issubdtype(v.dtype, jnp.floating)]
+  return max(eps, default=float(jnp.finfo(jnp.float32).eps))

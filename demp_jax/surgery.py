@@ -12,7 +12,8 @@ The promise, checked on a probe batch in eval mode: the shrunk network's
 logits equal those of the *masked* network, the original with the removed
 units silenced (see :func:`demp_jax.topology.silence_units`), up to float32
 rounding: ``max |shrunk - masked| <= atol + rtol * max |masked|`` with
-``rtol = 1e-4, atol = 1e-5``. The bound is on the whole batch's scale,
+``rtol = 1e-4, atol = 1e-5`` (``rtol`` 4 bfloat16 roundings, ``2**-5``,
+for a model that computes in bfloat16). The bound is on the whole batch's scale,
 because the narrower layers sum in another order and the rounding of a
 logit follows the size of the sums behind it, not of the logit itself; a
 missing leaf in a topology moves logits by O(their scale). When the removed
@@ -420,6 +421,14 @@ def _rebuilt(model: Any, widths: Mapping[str, int]) -> Any:
            'does not allow: keep min_width >= 1' if zero else '')) from e
 
 
+def probe_rtol(model: Any, rtol: float = 1e-4) -> float:
+  """The relative tolerance of the probe check: ``rtol`` (float32
+  rounding), or 4 roundings of the model's least precise compute dtype
+  when that is coarser (a bfloat16 layer rounds the narrower and the
+  masked network's sums differently, by about 2**-8 each)."""
+  return max(rtol, 4 * model.compute_eps())
+
+
 def _check_probe(model: Any, probe: Any) -> None:
   """A :class:`ValueError` naming the shapes unless ``probe`` is a batch
   ``[B, *model.input_shape]``."""
@@ -433,7 +442,7 @@ def _check_probe(model: Any, probe: Any) -> None:
 
 def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
            *, opt_state: Any = None, tx: Any = None,
-           probe: Optional[jax.Array] = None, rtol: float = 1e-4,
+           probe: Optional[jax.Array] = None, rtol: Optional[float] = None,
            atol: float = 1e-5, fold_constants: bool = False,
            constants: Optional[Mapping[str, Any]] = None,
            constant_tol: float = 1e-6, min_width: int = 1) -> Shrunk:
@@ -449,7 +458,8 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     probe: optional batch ``[B, *input_shape]``; when given, checks that the
       shrunk logits (every array the model returns) equal the masked ones
       and raises :class:`SurgeryError` if not.
-    rtol, atol: tolerance of that check.
+    rtol, atol: tolerance of that check; ``rtol`` defaults to
+      :func:`probe_rtol` of the model (1e-4, coarser for bfloat16 compute).
     fold_constants: fold every removed unit whose output is a non-zero
       constant ``c`` into its consumers before removing it (see the module
       docstring), so the function is kept.
@@ -522,6 +532,7 @@ def shrink(model: Any, variables: Mapping[str, Any], keep: Mapping[str, Any],
     after = eval_logits(new_model, new_vars, probe)
     masked_diff = _max_abs(jax.tree.map(jnp.subtract, after, masked))
     change = _max_abs(jax.tree.map(jnp.subtract, after, before))
+    rtol = probe_rtol(model) if rtol is None else rtol
     bound = atol + rtol * _max_abs(masked)
     if not masked_diff <= bound:  # NaN fails too
       raise SurgeryError(

@@ -54,12 +54,14 @@ def main(argv):
   created = prepare_workdir(workdir)
   from demp_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from demp_jax import surgery  # pylint: disable=g-import-not-at-top
   try:
     summary = loop.train(config, workdir)
   except (loop.NonFiniteLossError, checkpoint.CheckpointError, OSError,
-          EOFError, ValueError, ImportError) as e:
-    # a data file, a non-finite loss, no checkpoint that restores: each
-    # message names its file or step
+          EOFError, ValueError, ImportError, surgery.SurgeryError) as e:
+    # a data file, a non-finite loss, no checkpoint that restores, a shrink
+    # that fails its probe check: each message names its file, step or
+    # model
     if created:
       _remove_if_empty(workdir)
     fail(e, RUN_FAILED)

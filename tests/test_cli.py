@@ -70,6 +70,8 @@ def test_a_bad_config_value_stops_before_anything_runs(tmp_path, override,
      'needs the logits alone, one array [B, 10]'),
     ('make_five_classes', 'maps a batch of 2 to logits of shape (2, 5); the '
      'dataset needs (2, 10)'),
+    ('make_class', 'returned the class LayerNormMLPFM; the factory must '
+     'return a module (an instance, LayerNormMLPFM(...))'),
 ])
 def test_a_user_model_that_does_not_return_the_logits_is_named(
     tmp_path, factory, expected):
@@ -85,6 +87,26 @@ def test_a_user_model_that_does_not_return_the_logits_is_named(
   assert expected in line
   assert seconds < SECONDS
   assert not work.exists()
+
+
+def test_a_shrink_that_fails_its_probe_check_is_one_line(tmp_path):
+  """A SurgeryError (a shrunk network that does not match the masked one)
+  ends the run with one line naming it, exit code 1 (it was a traceback)."""
+  work = tmp_path / 'run'
+  code = ('import runpy, sys; from demp_jax import surgery; '
+          'from demp_jax.training import loop\n'
+          'def train(config, workdir):\n'
+          '  raise surgery.SurgeryError("shrunk logits differ from the masked '
+          'logits")\n'
+          'loop.train = train\n'
+          f'sys.argv = ["train", "--config", {TINY!r}, "--workdir", '
+          f'{str(work)!r}]\n'
+          'runpy.run_module("experiments.train", run_name="__main__")')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1
+  assert one_error_line(r) == ('error: shrunk logits differ from the masked '
+                               'logits')
 
 
 def test_config_files_that_do_not_load(tmp_path):

@@ -72,6 +72,26 @@ def test_bad_models_and_shapes_are_one_named_error():
       assert w in str(e.value), str(e.value)
 
 
+class _AlwaysDropout(nn.Module):
+  """Dropout that is never deterministic: its init falls back on the params
+  key, its eval-mode forward pass has no "dropout" stream."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1))))
+    return nn.Dense(3)(nn.Dropout(0.1, deterministic=False)(x))
+
+
+def test_a_linen_model_that_fails_in_eval_mode_is_one_named_error():
+  """It was a traceback from inside the unit derivation."""
+  with pytest.raises(netlib.ModelError) as e:
+    netlib.Net.create(_AlwaysDropout(), (4, 4, 1))
+  assert '\n' not in str(e.value)
+  for w in ('_AlwaysDropout does not run on a batch of shape (2, 4, 4, 1)',
+            'InvalidRngError', 'Dropout_0', 'dropout'):
+    assert w in str(e.value), str(e.value)
+
+
 def test_a_group_that_no_longer_derives_is_named_not_dropped():
   """A group of the topology before a resize that the new derivation
   neither finds nor names is named in ``skipped``, never lost silently."""

@@ -360,7 +360,8 @@ def test_network_slimming_penalty_stops_at_prune_step_and_ranks_gammas():
 
 
 def test_configs_are_validated():
-  with pytest.raises(ValueError, match='update_start_step'):
+  with pytest.raises(ValueError, match='update_start_step.*write them in '
+                     "the config file's sparsity_config"):
     create_updater_from_config({'algorithm': 'structured_magnitude'})
   with pytest.raises(ValueError, match='sparsity'):
     create_updater_from_config({'algorithm': 'snap', 'sparsity': 1.0})

@@ -213,6 +213,27 @@ def test_a_structured_baseline_prunes_a_user_model(tmp_path):
   assert s['params_final'] < s['params_initial']
 
 
+def test_a_bfloat16_model_shrinks_within_its_own_rounding(tmp_path):
+  """A model computing in bfloat16 shrinks in the trainer: the surgery's
+  probe check allows bfloat16 rounding (it stopped the run with a
+  SurgeryError, a float32 tolerance against a 0.01 difference)."""
+  from test_loop import needs_fmnist  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if needs_fmnist.args[0]:
+    pytest.skip(needs_fmnist.kwargs['reason'])
+  net, _ = Net.create(um.make_bf16_linen(), (28, 28, 1))
+  assert surgery.probe_rtol(net) == 4 * 2.0 ** -7
+  f32, _ = Net.create(um.make_net_linen(), (28, 28, 1))
+  assert surgery.probe_rtol(f32) == 1e-4
+  s = loop.train(_tiny(**{'model.name': 'user_models:make_bf16_linen',
+                          'sparsity_config.epsilon': 1e12,
+                          'sparsity_config.min_width': 3,
+                          'round_widths_to': 1, 'num_steps': 8,
+                          'shrink_delay': 2, 'sparsity_config.prune_every': 4}),
+                 str(tmp_path))
+  assert set(s['widths_final'].values()) == {3}
+
+
 def test_the_unit_report_names_the_groups_and_what_is_left_out():
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
   net, _ = Net.create(um.GroupNormCNN(), um.IMAGE)

@@ -505,6 +505,11 @@ class LayerNormMLPFM(nn.Module):
     return nn.Dense(10)(x)
 
 
+def make_class():
+  """A factory the trainer must refuse: it returns the class, not a module."""
+  return LayerNormMLPFM
+
+
 def make_unprunable():
   """A Fashion-MNIST model without a unit group."""
   return LayerNormMLPFM()
@@ -555,3 +560,21 @@ class NFlattenCNNFM(nnx.Module):
 
 
 del jax
+
+
+class BF16CNNFM(nn.Module):
+  """A Fashion-MNIST CNN computing in bfloat16 (float32 parameters and
+  logits), as mixed-precision code writes it."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(8, (3, 3), dtype=jnp.bfloat16)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train,
+                             dtype=jnp.bfloat16)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2)).reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(32, dtype=jnp.bfloat16)(x))
+    return nn.Dense(10, dtype=jnp.float32)(x)
+
+
+def make_bf16_linen():
+  return BF16CNNFM()

@@ -391,7 +391,10 @@ class StructuredMagnitude(StructuredPruner):
     if self.update_start_step is None or self.update_end_step is None:
       raise ValueError('structured_magnitude needs sparsity_config.'
                        'update_start_step and update_end_step (JaxPruner\'s '
-                       'polynomial schedule)')
+                       'polynomial schedule): write them in the config '
+                       "file's sparsity_config (a --config.sparsity_config. "
+                       'flag cannot add a key the config lacks), or run it '
+                       'through experiments.tradeoff')
     if int(self.update_end_step) < int(self.update_start_step):
       raise ValueError('sparsity_config.update_end_step must be >= '
                        'update_start_step')
