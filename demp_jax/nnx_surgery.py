@@ -31,6 +31,7 @@ import jax
 
 from demp_jax import surgery
 from demp_jax.net import ModelError, Net
+from demp_jax.topology import key_path
 
 
 class NnxShrunk(NamedTuple):
@@ -50,15 +51,13 @@ def _params_state(model: Any, optimizer: Any) -> Any:
   if not isinstance(optimizer, nnx.Optimizer):
     raise TypeError(f'optimizer: got {type(optimizer).__name__}, not an '
                     'nnx.Optimizer')
-  others = nnx.state(model, nnx.All(optimizer.wrt, nnx.Not(nnx.Param)))
-  for path, leaf in jax.tree_util.tree_flatten_with_path(others)[0]:
-    del leaf
-    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', k)))
-                    for k in path[:-1])
+  others = jax.tree_util.tree_flatten_with_path(
+      nnx.state(model, nnx.All(optimizer.wrt, nnx.Not(nnx.Param))))[0]
+  if others:
     raise ValueError(
-        f'optimizer: its wrt filter selects {name}, which is not an '
-        'nnx.Param; surgery slices optimizer state over params only '
-        '(nnx.Optimizer(model, tx, wrt=nnx.Param))')
+        f'optimizer: its wrt filter selects {"/".join(key_path(others[0][0]))}'
+        ', which is not an nnx.Param; surgery slices optimizer state over '
+        'params only (nnx.Optimizer(model, tx, wrt=nnx.Param))')
   return nnx.as_pure(nnx.state(model, optimizer.wrt))
 
 
