@@ -8,8 +8,6 @@ The command line is experiments.train's (its --config and --workdir flags,
 and their one-line errors); the job is the rounds of
 :func:`demp_jax.training.cycles.run_cycles`.
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -25,9 +23,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     summary = cycles.run_cycles(FLAGS.config, FLAGS.workdir)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except train.run_errors() as e:
+    train.fail(e, train.RUN_FAILED)
   print(f'\nsummary ({FLAGS.workdir}/summary.json): '
         f'{summary["algorithm"]} base={summary["base"]} '
         f'ap_rate={summary["ap_rate"]}')

@@ -43,6 +43,17 @@ def fail(message: object, code: int) -> NoReturn:
   sys.exit(code)
 
 
+def run_errors() -> tuple[type[BaseException], ...]:
+  """The failures of a run that its message says in one line: a data file,
+  a non-finite loss, no checkpoint that restores, a shrink that fails its
+  probe check; each names its file, step or model."""
+  from demp_jax import surgery  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  return (loop.NonFiniteLossError, checkpoint.CheckpointError, OSError,
+          EOFError, ValueError, ImportError, surgery.SurgeryError)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -52,16 +63,10 @@ def main(argv):
   except validate.ConfigError as e:
     fail(e, BAD_COMMAND_LINE)
   created = prepare_workdir(workdir)
-  from demp_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
-  from demp_jax import surgery  # pylint: disable=g-import-not-at-top
   try:
     summary = loop.train(config, workdir)
-  except (loop.NonFiniteLossError, checkpoint.CheckpointError, OSError,
-          EOFError, ValueError, ImportError, surgery.SurgeryError) as e:
-    # a data file, a non-finite loss, no checkpoint that restores, a shrink
-    # that fails its probe check: each message names its file, step or
-    # model
+  except run_errors() as e:
     if created:
       _remove_if_empty(workdir)
     fail(e, RUN_FAILED)

@@ -89,22 +89,29 @@ def test_a_user_model_that_does_not_return_the_logits_is_named(
   assert not work.exists()
 
 
-def test_a_shrink_that_fails_its_probe_check_is_one_line(tmp_path):
+@pytest.mark.parametrize('module,target,config', [
+    ('experiments.train', 'demp_jax.training.loop:train', TINY),
+    ('experiments.ap', 'demp_jax.training.cycles:run_cycles',
+     'configs/fashion_mnist_ap.py:tiny')])
+def test_a_shrink_that_fails_its_probe_check_is_one_line(tmp_path, module,
+                                                         target, config):
   """A SurgeryError (a shrunk network that does not match the masked one)
-  ends the run with one line naming it, exit code 1 (it was a traceback)."""
+  ends the run with one line naming it, exit code 1 (it was a traceback,
+  in both scripts)."""
   work = tmp_path / 'run'
-  code = ('import runpy, sys; from demp_jax import surgery; '
-          'from demp_jax.training import loop\n'
-          'def train(config, workdir):\n'
+  where, name = target.split(':')
+  code = ('import runpy, sys; from demp_jax import surgery\n'
+          f'import {where} as target\n'
+          'def fails(config, workdir):\n'
           '  raise surgery.SurgeryError("shrunk logits differ from the masked '
           'logits")\n'
-          'loop.train = train\n'
-          f'sys.argv = ["train", "--config", {TINY!r}, "--workdir", '
+          f'target.{name} = fails\n'
+          f'sys.argv = ["x", "--config", {config!r}, "--workdir", '
           f'{str(work)!r}]\n'
-          'runpy.run_module("experiments.train", run_name="__main__")')
+          f'runpy.run_module({module!r}, run_name="__main__")')
   r = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                      capture_output=True, text=True, timeout=120)
-  assert r.returncode == 1
+  assert r.returncode == 1, r.stderr[-2000:]
   assert one_error_line(r) == ('error: shrunk logits differ from the masked '
                                'logits')
 
