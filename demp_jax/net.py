@@ -294,9 +294,6 @@ class Net:
       net = cls(graphdef, input_shape, _shapes(variables),
                 topo.UnitTopology(()), mode_arg=_mode_arg(model.__call__),
                 nnx_keys=tuple(keys), rng_keys=rng_keys, axis_names=names)
-      with _runs_on(model, input_shape):  # (a Linen module's init checks)
-        jax.eval_shape(net._eval_fn, net.abstract_variables(),
-                       net._abstract_input())
     elif isinstance(model, nn.Module):
       mode = _mode_arg(model.__call__)
       make = functools.partial(_init_linen, model, input_shape, mode)
@@ -311,12 +308,14 @@ class Net:
                      model.unit_topology(input_shape) is not None)
       net = cls(model, input_shape, _shapes(variables),
                 topo.UnitTopology(()), handwritten, mode, axis_names=names)
-      with _runs_on(model, input_shape):  # eval mode, with no RNG streams
-        jax.eval_shape(net._eval_fn, net.abstract_variables(),
-                       net._abstract_input())
     else:
       raise ModelError(f'{type(model).__name__} is neither a flax.linen '
                        'Module nor a flax.nnx Module')
+    # the eval-mode pass, with no RNG streams, fails here in one line
+    # rather than inside the derivation (a Linen module's init checks less)
+    with _runs_on(model, input_shape):
+      jax.eval_shape(net._eval_fn, net.abstract_variables(),
+                     net._abstract_input())
     net = net._with_topology()
     if check_widths and not net.handwritten:
       net = net._drop_fixed_widths()

@@ -13,8 +13,8 @@ logits equal those of the *masked* network, the original with the removed
 units silenced (see :func:`demp_jax.topology.silence_units`), up to float32
 rounding: ``max |shrunk - masked| <= atol + rtol * max |masked|`` with
 ``rtol = 1e-4, atol = 1e-5`` (``rtol`` 4 bfloat16 roundings, ``2**-5``,
-for a model that computes in bfloat16). The bound is on the whole batch's scale,
-because the narrower layers sum in another order and the rounding of a
+for a model that computes in bfloat16). The bound is on the whole batch's
+scale, because the narrower layers sum in another order and the rounding of a
 logit follows the size of the sums behind it, not of the logit itself; a
 missing leaf in a topology moves logits by O(their scale). When the removed
 units were dead on the probe data, the masked network is the original

@@ -30,7 +30,7 @@ from demp_jax.data import arrays, fashion_mnist
 from demp_jax.net import Net
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mymodels import NNXCNN  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mymodels import NNXCNN  # pylint: disable=wrong-import-position
 
 
 @nnx.jit
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
       wrt=nnx.Param)
   held = norm(arrays.held_batches(train, 16, 128, seed=1)[0])
   batches = arrays.train_batches(train, args.batch_size, seed=0)
-  units = [sum(g.size for g in net.topology.groups)]
+  units = [sum(net.widths)]
   start = time.perf_counter()
   for step in range(1, args.steps + 1):
     x, y = next(batches)
@@ -91,10 +91,10 @@ def main(argv=None) -> dict:
           optimizer=optimizer, probe=held[0], fold_constants=True,
           constants=updater.constants(unit_stats))
       net, model, optimizer = res.net, res.model, res.optimizer
-      units.append(sum(g.size for g in net.topology.groups))
+      units.append(sum(net.widths))
       print(f'step {step}: loss {float(loss):.3f}, removed {res.removed}, '
-            f'widths {dict(zip(net.topology.names, (g.size for g in net.topology.groups)))}'
-            f', max |shrunk - masked| {res.max_masked_diff:.2g}', flush=True)
+            f'widths {dict(zip(net.topology.names, net.widths))}, '
+            f'max |shrunk - masked| {res.max_masked_diff:.2g}', flush=True)
   seconds = time.perf_counter() - start
   model.eval()
   hits = sum(int(correct(model, norm(x), y, valid))
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
   summary = {
       'test_accuracy': hits / len(test), 'units': units,
       'neuron_sparsity': 1 - units[-1] / units[0],
-      'widths': {g.name: g.size for g in net.topology.groups},
+      'widths': dict(zip(net.topology.names, net.widths)),
       'params': int(sum(np.size(l) for l in jax.tree.leaves(
           nnx.state(model, nnx.Param)))),
       'train_seconds': round(seconds, 1), 'steps': args.steps,

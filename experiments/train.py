@@ -47,9 +47,9 @@ def run_errors() -> tuple[type[BaseException], ...]:
   """The failures of a run that its message says in one line: a data file,
   a non-finite loss, no checkpoint that restores, a shrink that fails its
   probe check; each names its file, step or model."""
-  from demp_jax import surgery  # pylint: disable=g-import-not-at-top
-  from demp_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-  from demp_jax.training import loop  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from demp_jax import surgery
+  from demp_jax.training import checkpoint, loop
   return (loop.NonFiniteLossError, checkpoint.CheckpointError, OSError,
           EOFError, ValueError, ImportError, surgery.SurgeryError)
 
